@@ -1,0 +1,116 @@
+"""Instruction fine-tuning of causal language models (Llama, Mistral, GPT-J/NeoX, MPT, OPT, Bloom, GPT-2).
+
+Single device (CPU, CUDA or XPU):
+    python finetune_clm.py --model_name_or_path MODEL --train_file data.json --output_dir out \\
+        --do_train --peft lora --dataset_concatenation --bf16 True
+Several processes (one data-parallel job whichever launcher starts it):
+    torchrun --nproc_per_node 2 finetune_clm.py ...
+    mpirun -n 4 python finetune_clm.py ...
+A YAML or JSON file can stand in for the flags (flags after it override it):
+    python finetune_clm.py scripts/configs/llama_lora.yaml --learning_rate 2e-4
+"""
+
+from __future__ import annotations
+
+import logging
+
+from finetuning.errors import exit_on_user_error
+
+logger = logging.getLogger("finetuning")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    from functools import partial
+
+    from transformers import AutoModelForCausalLM, Trainer
+
+    from finetuning import modeling, training
+    from finetuning.arguments import (
+        DataArguments,
+        FinetuneTrainingArguments,
+        ModelArguments,
+        PeftArguments,
+        parse_arguments,
+    )
+    from finetuning.collator import PaddingCollator
+    from finetuning.data import load_splits
+    from finetuning.distributed import setup_launch_environment
+    from finetuning.encoding import encode_causal_record
+    from finetuning.peft_setup import apply_peft, build_peft_config
+    from finetuning.preprocessing import build_split_datasets, packing_block_size
+    from finetuning.templates import get_template
+
+    # launch environment -> arguments
+    setup_launch_environment()
+    arguments = parse_arguments((ModelArguments, DataArguments, PeftArguments, FinetuneTrainingArguments), argv)
+    model_args, data_args, peft_args, training_args = arguments
+    training.setup_logging(training_args)
+    resume_from = training.resolve_resume_checkpoint(training_args)
+
+    # model config & tokenizer: cheap, and enough to refuse a method the architecture cannot take
+    config = modeling.load_config(model_args)
+    tokenizer = modeling.load_tokenizer(model_args, special_tokens=data_args.special_tokens)
+    peft_config = build_peft_config(
+        peft_args,
+        config,
+        task_type="CAUSAL_LM",
+        new_token_ids=modeling.added_token_ids(tokenizer, data_args.special_tokens),
+    )
+
+    # data
+    template = get_template(data_args.prompt_template)
+    splits = load_splits(
+        data_args, want_train=training_args.do_train, want_eval=training_args.do_eval, seed=training_args.seed
+    )
+    encode = partial(
+        encode_causal_record,
+        tokenizer=tokenizer,
+        template=template,
+        max_length=data_args.max_seq_length,
+        train_on_inputs=data_args.train_on_inputs,
+        chat_template=data_args.chat_template,
+    )
+    train_dataset, eval_dataset = build_split_datasets(
+        splits,
+        encode,
+        tokenizer=tokenizer,
+        data_args=data_args,
+        training_args=training_args,
+        pack_block_size=packing_block_size(data_args, peft_args, config),
+    )
+
+    # model & PEFT
+    dtype = modeling.resolve_dtype(
+        model_args.torch_dtype, bf16=training_args.bf16, fp16=training_args.fp16, frozen_base=peft_config is not None
+    )
+    model = modeling.load_model(
+        model_args, AutoModelForCausalLM, config=config, dtype=dtype, tokenizer=tokenizer, seed=training_args.seed
+    )
+    model = apply_peft(model, peft_config, gradient_checkpointing=training_args.gradient_checkpointing)
+    training.log_run_summary(model, arguments)
+
+    # trainer -> train / save / evaluate
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    metrics: dict[str, float] = {}
+    if training_args.do_train:
+        metrics |= training.train_and_save(
+            trainer,
+            arguments=arguments,
+            data_args=data_args,
+            resume_from=resume_from,
+            train_samples=len(splits.train.records),
+        )
+    if training_args.do_eval:
+        metrics |= training.evaluate_and_save(trainer, eval_samples=len(splits.validation.records))
+    return metrics
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

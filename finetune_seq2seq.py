@@ -1,0 +1,94 @@
+"""Instruction fine-tuning of encoder-decoder models (T5, Flan-T5, BART): prompt in, response out.
+
+Single device (CPU, CUDA or XPU):
+    python finetune_seq2seq.py --model_name_or_path google/flan-t5-xl --train_file data.json --output_dir out \\
+        --do_train --peft lora --bf16 True
+Evaluation with ROUGE on generated text:
+    python finetune_seq2seq.py ... --do_eval --predict_with_generate --generation_num_beams 4
+Several processes (one data-parallel job whichever launcher starts it):
+    python -m torch.distributed.launch --nproc_per_node 2 finetune_seq2seq.py ...
+    torchrun --nproc_per_node 2 finetune_seq2seq.py ...
+    mpirun -n 4 python finetune_seq2seq.py ... --no_cuda --xpu_backend ccl
+A YAML or JSON file can stand in for the flags (flags after it override it):
+    python finetune_seq2seq.py scripts/configs/flan_t5_lora.yaml --model_name_or_path ... --output_dir out
+"""
+
+from __future__ import annotations
+
+import logging
+
+from finetuning.errors import exit_on_user_error
+
+logger = logging.getLogger("finetuning")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    from functools import partial
+
+    from transformers import AutoModelForSeq2SeqLM, Seq2SeqTrainer
+
+    from finetuning import modeling, training
+    from finetuning.arguments import (
+        ModelArguments, PeftArguments, Seq2SeqDataArguments, Seq2SeqFinetuneTrainingArguments, parse_arguments,
+    )
+    from finetuning.data import load_splits
+    from finetuning.distributed import setup_launch_environment
+    from finetuning.peft_setup import apply_peft, build_peft_config
+    from finetuning.preprocessing import build_split_datasets
+    from finetuning.seq2seq import (
+        RougeMetrics, Seq2SeqPaddingCollator, encode_seq2seq_record, require_instruction_records,
+        settle_seq2seq_arguments, use_per_batch_mean_loss,
+    )
+    from finetuning.templates import get_template
+
+    # launch environment -> arguments
+    setup_launch_environment()
+    arguments = parse_arguments(
+        (ModelArguments, Seq2SeqDataArguments, PeftArguments, Seq2SeqFinetuneTrainingArguments), argv
+    )
+    model_args, data_args, peft_args, training_args = arguments
+    training.setup_logging(training_args)
+    resume_from = training.resolve_resume_checkpoint(training_args)
+
+    # model config & tokenizer: cheap, and enough to refuse a model or method that cannot work
+    config = modeling.load_config(model_args)
+    settle_seq2seq_arguments(config, data_args, training_args)
+    tokenizer = modeling.load_tokenizer(model_args, special_tokens=data_args.special_tokens)
+    peft_config = build_peft_config(peft_args, config, task_type="SEQ_2_SEQ_LM",
+                                    new_token_ids=modeling.added_token_ids(tokenizer, data_args.special_tokens))
+
+    # data: the prompt is the encoder input, the response the decoder target; never packed
+    template = get_template(data_args.prompt_template)
+    splits = load_splits(data_args, want_train=training_args.do_train, want_eval=training_args.do_eval,
+                         seed=training_args.seed)
+    require_instruction_records(splits)
+    encode = partial(encode_seq2seq_record, tokenizer=tokenizer, template=template,
+                     max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length)
+    train_dataset, eval_dataset = build_split_datasets(
+        splits, encode, tokenizer=tokenizer, data_args=data_args, training_args=training_args,
+        pack_block_size=None, settings={"encoding": "seq2seq"},
+    )
+
+    # model & PEFT
+    dtype = modeling.resolve_dtype(model_args.torch_dtype, bf16=training_args.bf16, fp16=training_args.fp16,
+                                   frozen_base=peft_config is not None)
+    model = modeling.load_model(model_args, AutoModelForSeq2SeqLM, config=config, dtype=dtype, tokenizer=tokenizer)
+    use_per_batch_mean_loss(model)
+    model = apply_peft(model, peft_config, gradient_checkpointing=training_args.gradient_checkpointing)
+    training.log_run_summary(model, arguments)
+
+    # trainer -> train / save / evaluate; without generation only the loss is computed, so no logits are kept
+    trainer = Seq2SeqTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                             data_collator=Seq2SeqPaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+                             compute_metrics=RougeMetrics(tokenizer) if training_args.predict_with_generate else None)
+    metrics: dict[str, float] = {}
+    if training_args.do_train:
+        metrics |= training.train_and_save(trainer, arguments=arguments, data_args=data_args,
+                                           resume_from=resume_from, train_samples=len(splits.train.records))
+    if training_args.do_eval:
+        metrics |= training.evaluate_and_save(trainer, eval_samples=len(splits.validation.records))
+    return metrics
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,259 @@
+"""Reading instruction data from disk into validated, normalized records.
+
+Every supported layout becomes one of two record shapes, so the rest of the package never looks at file
+formats again:
+
+* instruction records ``{"instruction": str, "input": str, "output": str}`` (Alpaca's ``input``/``output``
+  and Dolly's ``context``/``response`` both map here);
+* chat records ``{"messages": [{"role": ..., "content": ...}, ...]}``.
+
+Anything malformed stops the run with a :class:`UserError` naming the file, the line (or record) and the
+field, before a model is loaded or anything is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetuning.errors import UserError
+
+Record = dict[str, Any]
+CHAT_ROLES = ("system", "user", "assistant")
+_OUTPUT_KEYS = ("output", "response")
+_INPUT_KEYS = ("input", "context")
+
+
+@dataclass
+class LoadedData:
+    """Records of one source plus what was set aside, for the data report."""
+
+    records: list[Record]
+    source: str
+    empty_skipped: int = 0
+
+
+@dataclass
+class DataSplits:
+    train: LoadedData | None = None
+    validation: LoadedData | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _string_field(raw: Record, key: str, where: dict[str, Any], required: bool) -> str:
+    value = raw.get(key)
+    if value is None and key not in raw and not required:
+        return ""
+    if not isinstance(value, str):
+        missing = key not in raw
+        raise UserError("missing" if missing else f"expected a string, got {_describe(value)}", field=key, **where)
+    return value
+
+
+def _normalize_chat(raw: Record, where: dict[str, Any]) -> Record:
+    messages = raw["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise UserError("expected a non-empty list of messages", field="messages", **where)
+    normalized = []
+    for index, message in enumerate(messages):
+        name = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise UserError(f"expected an object, got {_describe(message)}", field=name, **where)
+        role = _string_field(message, "role", where, required=True)
+        if role not in CHAT_ROLES:
+            raise UserError(f"role must be one of {', '.join(CHAT_ROLES)}, got '{role}'", field=f"{name}.role", **where)
+        content = message.get("content")
+        if not isinstance(content, str):
+            raise UserError(f"expected a string, got {_describe(content)}", field=f"{name}.content", **where)
+        normalized.append({"role": role, "content": content})
+    if not any(message["role"] == "assistant" for message in normalized):
+        raise UserError("no assistant message: nothing to learn", field="messages", **where)
+    return {"messages": normalized}
+
+
+def normalize_record(raw: Any, where: dict[str, Any]) -> Record:
+    """Validate one raw record and map it to the instruction or chat shape.
+
+    ``where`` holds the location keywords of :class:`UserError` (``path`` and ``line`` or ``record``).
+    """
+    if not isinstance(raw, dict):
+        raise UserError(f"expected a JSON object, got {_describe(raw)}", **where)
+    if "messages" in raw:
+        return _normalize_chat(raw, where)
+    output_key = next((key for key in _OUTPUT_KEYS if key in raw), None)
+    if "instruction" not in raw and output_key is None:
+        found = ", ".join(sorted(map(str, raw))) or "none"
+        raise UserError(
+            f"no known fields (want instruction+output, instruction+response or messages; found: {found})", **where
+        )
+    input_key = next((key for key in _INPUT_KEYS if key in raw), "input")
+    return {
+        "instruction": _string_field(raw, "instruction", where, required=True),
+        "input": _string_field(raw, input_key, where, required=False),
+        "output": _string_field(raw, output_key or "output", where, required=True),
+    }
+
+
+def is_empty(record: Record) -> bool:
+    """A record with no instruction and no response teaches nothing."""
+    if "messages" in record:
+        return not any(message["content"].strip() for message in record["messages"])
+    return not record["instruction"].strip() and not record["output"].strip()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")  # -sig: a leading byte-order mark is not data
+    except UnicodeDecodeError as error:
+        raise UserError(f"not UTF-8 text (bad byte at offset {error.start})", path=str(path)) from None
+    except OSError as error:
+        raise UserError(f"cannot read: {error.strerror}", path=str(path)) from None
+
+
+def _json_lines(path: Path, text: str) -> Iterator[tuple[dict[str, Any], Any]]:
+    for number, line in enumerate(io.StringIO(text), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as error:
+            raise UserError(f"invalid JSON: {error.msg} (column {error.colno})", path=str(path), line=number) from None
+        yield {"path": str(path), "line": number}, value
+
+
+def _iterate_raw(path: Path) -> Iterator[tuple[dict[str, Any], Any]]:
+    suffix = path.suffix.lower()
+    text = _read_text(path)
+    if suffix == ".jsonl":
+        yield from _json_lines(path, text)
+    elif suffix == ".json":
+        try:
+            value = json.loads(text)
+        except ValueError as error:
+            if error.msg == "Extra data":  # a JSON Lines file named .json
+                yield from _json_lines(path, text)
+                return
+            raise UserError(f"invalid JSON: {error.msg}", path=str(path), line=error.lineno) from None
+        if not isinstance(value, list):
+            raise UserError(f"expected a JSON list of records, got {_describe(value)}", path=str(path))
+        for index, item in enumerate(value, start=1):
+            yield {"path": str(path), "record": index}, item
+    elif suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames:
+            return
+        header = set(reader.fieldnames)
+        if "instruction" not in header or not header & set(_OUTPUT_KEYS):
+            found = ", ".join(reader.fieldnames)
+            raise UserError(
+                f"CSV header needs columns instruction and output (or response); found: {found}", path=str(path), line=1
+            )
+        for row in reader:
+            if None in row:
+                raise UserError("more cells than header columns", path=str(path), line=reader.line_num)
+            yield {"path": str(path), "line": reader.line_num}, row
+    else:
+        raise UserError(f"unsupported file type '{suffix}' (use .json, .jsonl or .csv)", path=str(path))
+
+
+def load_data_file(path_text: str) -> LoadedData:
+    """Read and validate every record of a JSON, JSONL or CSV file."""
+    path = Path(path_text)
+    if path.is_dir():
+        raise UserError("is a directory; pass it as --dataset_name to read a saved data set", path=path_text)
+    if not path.exists():
+        raise UserError("no such file", path=path_text)
+    records, empty = [], 0
+    for where, raw in _iterate_raw(path):
+        record = normalize_record(raw, where)
+        if is_empty(record):
+            empty += 1
+        else:
+            records.append(record)
+    if not records:
+        detail = f" ({empty} empty records)" if empty else ""
+        raise UserError(f"no usable records{detail}", path=path_text)
+    return LoadedData(records=records, source=path_text, empty_skipped=empty)
+
+
+def _load_dataset_dir(name: str, config_name: str | None) -> dict[str, LoadedData]:
+    import datasets
+
+    try:
+        is_saved_dir = Path(name).is_dir()
+        loaded = datasets.load_from_disk(name) if is_saved_dir else datasets.load_dataset(name, config_name)
+    except Exception as error:  # datasets raises many types; the user needs the message, not the class
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"cannot load data set: {message}", path=name, field="dataset_name") from None
+    splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    result = {}
+    for split_name, split in splits.items():
+        records, empty = [], 0
+        for index, raw in enumerate(split, start=1):
+            record = normalize_record(raw, {"path": f"{name}[{split_name}]", "record": index})
+            if is_empty(record):
+                empty += 1
+            else:
+                records.append(record)
+        result[split_name] = LoadedData(records=records, source=f"{name}[{split_name}]", empty_skipped=empty)
+    return result
+
+
+def _head(data: LoadedData | None, limit: int | None) -> LoadedData | None:
+    if data is None or limit is None:
+        return data
+    return LoadedData(records=data.records[:limit], source=data.source, empty_skipped=data.empty_skipped)
+
+
+def load_splits(data_args: Any, *, want_train: bool, want_eval: bool, seed: int) -> DataSplits:
+    """Load the training and evaluation records the run asks for, holding out a split if it must."""
+    splits = DataSplits()
+    if data_args.dataset_name:
+        from_dir = _load_dataset_dir(data_args.dataset_name, data_args.dataset_config_name)
+        splits.train = from_dir.get("train")
+        splits.validation = from_dir.get("validation") or from_dir.get("test")
+    if data_args.train_file:
+        splits.train = load_data_file(data_args.train_file)
+    if data_args.validation_file:
+        splits.validation = load_data_file(data_args.validation_file)
+    if want_train and splits.train is None:
+        raise UserError("no training data: pass --train_file or --dataset_name", field="train_file")
+    if want_eval and splits.validation is None:
+        source = splits.train
+        if source is None:
+            raise UserError("no evaluation data: pass --validation_file", field="validation_file")
+        splits.train, splits.validation = _hold_out(source, data_args.validation_split_percentage, seed)
+        splits.notes.append(f"held out {len(splits.validation.records)} records of {source.source} for evaluation")
+    splits.train = _head(splits.train, data_args.max_train_samples)
+    splits.validation = _head(splits.validation, data_args.max_eval_samples)
+    if want_train and not splits.train.records:
+        raise UserError("no usable training records", path=splits.train.source)
+    return splits
+
+
+def _hold_out(source: LoadedData, percentage: int, seed: int) -> tuple[LoadedData, LoadedData]:
+    import random
+
+    if not 0 < percentage < 100:
+        raise UserError("must be between 1 and 99 to hold out evaluation data", field="validation_split_percentage")
+    order = list(range(len(source.records)))
+    random.Random(seed).shuffle(order)
+    count = max(1, len(order) * percentage // 100)
+    if count >= len(order):
+        raise UserError("too few records to hold out an evaluation split; pass --validation_file", path=source.source)
+    held = set(order[:count])
+    train = [record for index, record in enumerate(source.records) if index not in held]
+    validation = [source.records[index] for index in sorted(held)]
+    return (
+        LoadedData(train, source.source, source.empty_skipped),
+        LoadedData(validation, f"{source.source} (held out)"),
+    )

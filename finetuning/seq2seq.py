@@ -1,0 +1,172 @@
+"""What differs for encoder-decoder models (T5, Flan-T5, BART): encoding, batching, flags and ROUGE.
+
+The rendered instruction prompt is the encoder input and the response is the decoder target, so the two sides
+are tokenized and truncated separately (``--max_source_length``, ``--max_target_length``) and no label ever
+needs masking inside a sequence: every target position is in the loss. The model builds its decoder inputs
+by shifting the labels right behind ``decoder_start_token_id``, so the target carries no BOS, only the
+response and its EOS.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from finetuning.encoding import IGNORE_INDEX
+from finetuning.errors import UserError
+from finetuning.templates import PromptTemplate
+
+logger = logging.getLogger(__name__)
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def encode_source(tokenizer: Any, prompt: str, max_length: int) -> tuple[list[int], bool]:
+    """Encoder ids of a prompt, with the tokenizer's special tokens (T5 appends EOS), and whether it was cut.
+
+    An over-long prompt is cut at its end, as the tokenizer's own truncation does (keeping the special
+    tokens): the encoder reads the prompt as a whole and the decoder starts answering from its own start
+    token, so, unlike for a causal LM, no trailing "### Response:" marker is needed, while the instruction at
+    the front of the prompt is what says what to do.
+    """
+    ids = list(tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"])
+    if len(ids) <= max_length:
+        return ids, False
+    return list(tokenizer(prompt, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]), True
+
+
+def encode_target(tokenizer: Any, response: str, max_length: int) -> tuple[list[int], bool]:
+    """Label ids of a response: the response and EOS, cut at ``max_length``.
+
+    A cut response keeps no EOS, as in the causal encoding: the model must not learn to stop mid-answer.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: the model could never learn to stop")
+    ids = [*tokenizer(response, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    return ids[:max_length], len(ids) > max_length
+
+
+def encode_seq2seq_record(
+    record: dict[str, Any],
+    *,
+    tokenizer: Any,
+    template: PromptTemplate,
+    max_source_length: int,
+    max_target_length: int,
+) -> dict[str, Any]:
+    """Encode one instruction record: ``input_ids`` (prompt) and ``labels`` (response + EOS), unpadded.
+
+    ``supervised`` is counted here because every label is a target: the data report's default count assumes
+    causal labels, whose first position is never predicted.
+    """
+    source, source_cut = encode_source(tokenizer, template.render(record["instruction"], record["input"]),
+                                       max_source_length)
+    target, target_cut = encode_target(tokenizer, record["output"], max_target_length)
+    return {"input_ids": source, "labels": target, "truncated": source_cut or target_cut, "supervised": len(target)}
+
+
+@dataclass
+class Seq2SeqPaddingCollator:
+    """Right-pads encoder inputs with the pad id (and masks them) and labels with the ignore index.
+
+    The two sides are padded to their own longest member. Labels are padded by position, never rebuilt from
+    ids: where pad == EOS, masking "every pad token" would erase the supervised EOS.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def _padded(self, length: int) -> int:
+        if self.pad_to_multiple_of:
+            return -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return length
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        source_length = self._padded(max(len(feature["input_ids"]) for feature in features))
+        target_length = self._padded(max(len(feature["labels"]) for feature in features))
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+        for feature in features:
+            source, target = list(feature["input_ids"]), list(feature["labels"])
+            padding = source_length - len(source)
+            batch["input_ids"].append(source + [self.pad_token_id] * padding)
+            batch["attention_mask"].append([1] * len(source) + [0] * padding)
+            batch["labels"].append(target + [IGNORE_INDEX] * (target_length - len(target)))
+        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+
+
+def decode_ids(tokenizer: Any, ids: Any) -> list[str]:
+    """Texts of a batch of generated ids or labels, with the trainer's -100 padding and special tokens dropped."""
+    import numpy as np
+
+    ids = np.asarray(ids)
+    ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
+    return [text.strip() for text in tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
+
+
+@dataclass
+class RougeMetrics:
+    """``compute_metrics`` for ``--predict_with_generate``: ROUGE-1/2/L F1 (x100) of generated text.
+
+    The predictions are generated ids, never arg-max logits, so the scores are what a user of the model sees;
+    ``rouge-score`` runs offline, where ``evaluate``'s rouge would fetch its script from the hub.
+    ``gen_len`` is the mean number of generated tokens, which shows a model that never stops.
+    """
+
+    tokenizer: Any
+
+    def __call__(self, evaluation: Any) -> dict[str, float]:
+        import numpy as np
+        from rouge_score import rouge_scorer
+
+        predictions = evaluation.predictions[0] if isinstance(evaluation.predictions, tuple) else evaluation.predictions
+        generated = decode_ids(self.tokenizer, predictions)
+        references = decode_ids(self.tokenizer, evaluation.label_ids)
+        scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+        scores = [scorer.score(reference, prediction) for reference, prediction in zip(references, generated, strict=True)]
+        metrics = {name: round(100 * float(np.mean([score[name].fmeasure for score in scores])), 4)
+                   for name in ROUGE_TYPES}
+        special = set(self.tokenizer.all_special_ids)
+        lengths = [sum(1 for token in row if token >= 0 and token not in special) for row in np.asarray(predictions)]
+        metrics["gen_len"] = round(float(np.mean(lengths)), 4)
+        return metrics
+
+
+def use_per_batch_mean_loss(model: Any) -> None:
+    """Make the Trainer scale T5/BART-style losses correctly under gradient accumulation and data parallelism.
+
+    These models' ``forward`` takes ``**kwargs``, so the Trainer assumes their loss is a sum divided by
+    ``num_items_in_batch`` (the token count of all micro-batches on all ranks), skips dividing it by the
+    accumulation steps and multiplies it by the world size; but they return a per-batch mean whatever they are
+    given, so loss and gradients would come out multiplied by both. ``accepts_loss_kwargs`` is the model
+    attribute the Trainer reads instead of guessing (it sees through PEFT wrappers to this model).
+    """
+    model.accepts_loss_kwargs = False
+
+
+def settle_seq2seq_arguments(model_config: Any, data_args: Any, training_args: Any) -> None:
+    """Refuse what cannot work for an encoder-decoder run, warn about flags that do not apply, fill defaults."""
+    if not getattr(model_config, "is_encoder_decoder", False):
+        raise UserError(f"'{model_config.model_type}' is not an encoder-decoder model: fine-tune it with "
+                        "finetune_clm.py", field="model_name_or_path")
+    for name in ("max_source_length", "max_target_length"):
+        if getattr(data_args, name) < 2:
+            raise UserError("must be at least 2 (room for a token and EOS)", field=name)
+    if data_args.dataset_concatenation:
+        logger.warning("--dataset_concatenation ignored: packing does not apply to encoder-decoder models, whose "
+                       "encoder and decoder sequences are padded separately")
+    if data_args.train_on_inputs:
+        logger.warning("--train_on_inputs ignored: the prompt is the encoder input, which is never in the loss")
+    if training_args.generation_max_length is None:
+        # generate() counts the decoder start token, so this leaves room for a full-length target
+        training_args.generation_max_length = data_args.max_target_length + 1
+
+
+def require_instruction_records(splits: Any) -> None:
+    """Chat records have no single prompt/response split for an encoder and a decoder: refuse them up front."""
+    for loaded in (splits.train, splits.validation):
+        if loaded is not None and any("messages" in record for record in loaded.records):
+            raise UserError("chat records (messages) are not supported for encoder-decoder models; use instruction "
+                            "records (instruction, input, output)", path=loaded.source)

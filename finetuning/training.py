@@ -1,0 +1,123 @@
+"""The part of a fine-tuning run after the data and model are ready: output-directory rules, the Trainer,
+training, saving everything inference needs, and evaluation. Both fine-tune scripts run through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from finetuning.errors import UserError
+from finetuning.templates import save_template_name
+
+logger = logging.getLogger("finetuning")
+
+RUN_ARGUMENTS_FILE = "finetune_args.json"
+FINISHED_MARKERS = ("all_results.json", "train_results.json", "adapter_config.json", "model.safetensors")
+
+
+def setup_logging(training_args: Any) -> None:
+    """INFO on the main process, warnings elsewhere: one data report and one config log per job."""
+    import transformers
+
+    main = training_args.process_index == 0 if hasattr(training_args, "process_index") else True
+    level = logging.INFO if main else logging.WARNING
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        level=level,
+        stream=sys.stdout,
+        force=True,
+    )
+    logger.setLevel(level)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def resolve_resume_checkpoint(training_args: Any) -> str | None:
+    """Decide what an existing output_dir means before anything is written to it.
+
+    A finished run is never overwritten unless ``--overwrite_output_dir``; an interrupted one (checkpoints,
+    no final results) resumes from its last complete checkpoint; ``--resume_from_checkpoint`` wins.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if training_args.resume_from_checkpoint:
+        if not Path(training_args.resume_from_checkpoint).is_dir():
+            raise UserError(
+                "no such checkpoint directory",
+                path=training_args.resume_from_checkpoint,
+                field="resume_from_checkpoint",
+            )
+        return training_args.resume_from_checkpoint
+    output_dir = Path(training_args.output_dir)
+    if not output_dir.is_dir() or training_args.overwrite_output_dir or not training_args.do_train:
+        return None
+    if any((output_dir / marker).exists() for marker in FINISHED_MARKERS):
+        raise UserError(
+            "holds a finished run; pass --overwrite_output_dir to train again there",
+            path=str(output_dir),
+            field="output_dir",
+        )
+    checkpoint = get_last_checkpoint(str(output_dir))
+    if checkpoint is not None:
+        logger.info("resuming from %s (pass --overwrite_output_dir to start over)", checkpoint)
+    return checkpoint
+
+
+def log_run_summary(model: Any, arguments: tuple[Any, ...]) -> None:
+    """Log the trainable-parameter count and the resolved configuration once (main process only)."""
+    from transformers import TrainingArguments
+
+    from finetuning.peft_setup import count_parameters
+
+    trainable, total = count_parameters(model)
+    logger.info("trainable parameters: %d of %d (%.4f%%)", trainable, total, 100 * trainable / max(total, 1))
+    for group in arguments:
+        if not isinstance(group, TrainingArguments):  # the Trainer logs its own arguments
+            logger.info("%s: %s", type(group).__name__, dataclasses.asdict(group))
+
+
+def save_run_arguments(output_dir: str, arguments: tuple[Any, ...]) -> None:
+    """The run's full configuration, next to the model, in a form the scripts read back as a config file."""
+    payload: dict[str, Any] = {}
+    for group in arguments:
+        values = group.to_dict() if hasattr(group, "to_dict") else dataclasses.asdict(group)
+        payload.update({key: value for key, value in values.items() if not key.startswith("_")})
+    (Path(output_dir) / RUN_ARGUMENTS_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def train_and_save(
+    trainer: Any, *, arguments: tuple[Any, ...], data_args: Any, resume_from: str | None, train_samples: int
+) -> dict[str, float]:
+    """Train, save model + tokenizer + template + arguments + metrics; returns the train metrics."""
+    training_args = trainer.args
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.save_model()
+    metrics = dict(result.metrics)
+    metrics["train_samples"] = train_samples
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        save_template_name(training_args.output_dir, data_args.prompt_template, data_args.chat_template)
+        save_run_arguments(training_args.output_dir, arguments)
+    return metrics
+
+
+def evaluate_and_save(trainer: Any, *, eval_samples: int, **evaluate_kwargs: Any) -> dict[str, float]:
+    """Evaluation loss and perplexity (exp of the mean token loss), saved as eval_results.json."""
+    metrics = trainer.evaluate(**evaluate_kwargs)
+    metrics["eval_samples"] = eval_samples
+    loss = metrics.get("eval_loss")
+    if loss is not None:
+        metrics["perplexity"] = math.exp(loss) if loss < 700 else float("inf")
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return metrics

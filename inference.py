@@ -1,0 +1,91 @@
+"""Generate with a fine-tuned model (full, merged, or base + adapter), prompted exactly as it was trained.
+
+See what the model learned, answer a file of prompts, chat with it, time it, or merge its adapter:
+    python inference.py --peft_model_path out --infer
+    python inference.py --base_model_path out --instructions "Add the two numbers." "Name a color."
+    python inference.py --peft_model_path out --input_file data.jsonl --output_file predictions.jsonl
+    python inference.py --peft_model_path out --interactive
+    python inference.py --peft_model_path out --bench
+    python inference.py --peft_model_path out --merge_and_save merged
+A YAML or JSON file can stand in for the flags, as for training. See docs/inference.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from finetuning.errors import exit_on_user_error
+
+logger = logging.getLogger("finetuning")
+
+
+def _print_answers(records: list[Any], answers: list[str]) -> None:
+    for record, answer in zip(records, answers, strict=True):
+        instruction = record if isinstance(record, str) else record["instruction"]
+        given = "" if isinstance(record, str) or not record.get("input") else f"\nInput: {record['input']}"
+        print(f"Instruction: {instruction}{given}\nResponse: {answer}\n", flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from transformers import set_seed
+
+    from finetuning import generation
+    from finetuning.arguments import parse_arguments
+    from finetuning.inference_args import InferenceArguments
+    from finetuning.inference_loading import load_for_inference, merge_and_save
+
+    # arguments -> input records (malformed input fails before a model is loaded)
+    (args,) = parse_arguments((InferenceArguments,), argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    logger.setLevel(logging.INFO)
+    pairs = generation.read_prompt_records(args.input_file) if args.input_file else None
+
+    # model (+ adapter) -> merged model
+    loaded = load_for_inference(args)
+    report: dict[str, Any] = {}
+    if args.merge_and_save:
+        report["merged"] = str(merge_and_save(loaded, args.merge_and_save))
+        print(f"merged model saved to {report['merged']}", flush=True)
+
+    # generation modes
+    config = generation.build_generation_config(
+        loaded.model,
+        loaded.tokenizer,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        num_beams=args.num_beams,
+        chat_template=loaded.chat_template,
+    )
+    generator = generation.Generator(loaded.model, loaded.tokenizer, config, loaded.template, loaded.chat_template)
+    set_seed(args.seed)
+    for wanted, records in ((args.infer, list(generation.SAMPLE_INSTRUCTIONS)), (args.instructions, args.instructions)):
+        if wanted:
+            answers = generator.generate(records, batch_size=args.batch_size)
+            _print_answers(records, answers)
+            report.setdefault("answers", []).extend(answers)
+    if pairs is not None:
+        result = generation.predict_file(generator, pairs, args.output_file, args.batch_size)
+        rate = result.new_tokens / result.seconds if result.seconds else 0.0
+        print(
+            f"wrote {result.records} predictions to {args.output_file} ({result.seconds:.1f} s, "
+            f"{rate:.1f} new tokens/s)",
+            flush=True,
+        )
+        report["predictions"] = result.records
+    if args.bench:
+        bench = generation.bench(generator, list(generation.SAMPLE_INSTRUCTIONS), runs=args.bench_runs)
+        print(bench.format(), flush=True)
+        report["first_token_latency_s"], report["tokens_per_s"] = bench.first_token_latency, bench.tokens_per_second
+    if args.interactive:
+        report["interactive_answers"] = generation.interactive(generator, sys.stdin, sys.stdout)
+    return report
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny models and tokenizers built offline, the repo's sample data, a script runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "data" / "sample_instructions.jsonl"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+sys.path.insert(0, str(REPO))
+
+
+def sample_records(limit: int | None = None) -> list[dict[str, str]]:
+    lines = SAMPLE_DATA.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines[:limit]]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not beside the checkout")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from finetuning.tiny_models import build_tokenizer
+
+    texts = [" ".join(record.values()) for record in sample_records()]
+    return build_tokenizer(texts, vocab_size=384)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_tokenizer):
+    """``tiny_model("llama")`` -> path of a saved 2-layer model of that architecture (built once a session)."""
+    from finetuning.tiny_models import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    built: dict[str, Path] = {}
+
+    def make(architecture: str = "llama") -> Path:
+        if architecture not in built:
+            built[architecture] = build_tiny_model(architecture, tiny_tokenizer, root / architecture)
+        return built[architecture]
+
+    return make
+
+
+@pytest.fixture
+def sample_file(tmp_path) -> Path:
+    """A 24-record Alpaca JSON file from the repo's sample data."""
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(sample_records(24)), encoding="utf-8")
+    return path
+
+
+def script_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(REPO),
+    )
+    return env
+
+
+def run_script(
+    script: str, *args: object, launcher: list[str] | None = None, timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one of the repo's scripts as users do; returns the finished process (output captured)."""
+    command = [*(launcher or [sys.executable]), str(REPO / script), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=script_env(), cwd=cwd or REPO)
+
+
+@pytest.fixture
+def run():
+    return run_script

@@ -1,0 +1,385 @@
+"""finetune_clm.py end to end, run as users run it: the legacy command lines, every PEFT method, every
+architecture, reloading what it saved, and a one-line error for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import sample_records
+
+ARCHITECTURES = ("llama", "mistral", "gpt_neox", "gptj", "bloom", "opt", "mpt", "gpt2")
+QUICK = ("--per_device_train_batch_size", "4", "--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no")
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def assert_trained_run(output_dir, *, adapter: bool = True):
+    names = {path.name for path in output_dir.iterdir()}
+    expected = {
+        "tokenizer.json",
+        "all_results.json",
+        "train_results.json",
+        "trainer_state.json",
+        "finetune_args.json",
+        "prompt_template.json",
+    }
+    expected |= {"adapter_model.safetensors", "adapter_config.json"} if adapter else {"model.safetensors"}
+    assert expected <= names, sorted(names)
+    assert not any(name.endswith(".bin") and name != "training_args.bin" for name in names)
+    assert json.loads((output_dir / "prompt_template.json").read_text())["prompt_template"] == "alpaca"
+
+
+def test_command_line_1_llama_lora_packed(run, tiny_model, sample_file, tmp_path):
+    output = tmp_path / "llama_peft_finetuned_model"
+    result = run(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        tiny_model("llama"),
+        "--bf16",
+        "True",
+        "--train_file",
+        sample_file,
+        "--dataset_concatenation",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "8",
+        "--gradient_accumulation_steps",
+        "1",
+        "--do_train",
+        "--learning_rate",
+        "1e-4",
+        "--num_train_epochs",
+        "3",
+        "--logging_steps",
+        "100",
+        "--save_total_limit",
+        "2",
+        "--overwrite_output_dir",
+        "--log_level",
+        "info",
+        "--save_strategy",
+        "epoch",
+        "--output_dir",
+        output,
+        "--peft",
+        "lora",
+        "--use_fast_tokenizer",
+        "false",
+    )
+    assert_ok(result)
+    assert_trained_run(output)
+    assert "train data: 24 samples read" in result.stdout and "packed into" in result.stdout
+
+
+@pytest.mark.slow
+def test_command_line_2_mpt_with_remote_code_flag_and_separate_tokenizer(run, tiny_model, sample_file, tmp_path):
+    output = tmp_path / "mpt_peft_finetuned_model"
+    result = run(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        tiny_model("mpt"),
+        "--bf16",
+        "True",
+        "--train_file",
+        sample_file,
+        "--dataset_concatenation",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "8",
+        "--gradient_accumulation_steps",
+        "1",
+        "--do_train",
+        "--learning_rate",
+        "1e-4",
+        "--num_train_epochs",
+        "3",
+        "--logging_steps",
+        "100",
+        "--save_total_limit",
+        "2",
+        "--overwrite_output_dir",
+        "--log_level",
+        "info",
+        "--save_strategy",
+        "epoch",
+        "--output_dir",
+        output,
+        "--peft",
+        "lora",
+        "--use_fast_tokenizer",
+        "false",
+        "--trust_remote_code",
+        "True",
+        "--tokenizer_name",
+        tiny_model("gpt_neox"),
+    )
+    assert_ok(result)
+    assert_trained_run(output)
+    assert "--dataset_concatenation ignored: 'mpt' attention" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_command_line_3_ptun_with_group_by_length_and_legacy_eval_flag(run, tiny_model, sample_file, tmp_path):
+    output = tmp_path / "llama_peft_finetuned_model"
+    result = run(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        tiny_model("llama"),
+        "--train_file",
+        sample_file,
+        "--bf16",
+        "True",
+        "--output_dir",
+        output,
+        "--num_train_epochs",
+        "3",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "1",
+        "--evaluation_strategy",
+        "no",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2000",
+        "--save_total_limit",
+        "1",
+        "--learning_rate",
+        "1e-4",
+        "--logging_steps",
+        "1",
+        "--peft",
+        "ptun",
+        "--group_by_length",
+        "True",
+        "--dataset_concatenation",
+        "--use_fast_tokenizer",
+        "false",
+        "--do_train",
+    )
+    assert_ok(result)
+    assert_trained_run(output)
+    assert "--dataset_concatenation ignored: with --peft ptun" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "ptun", "prefix", "prompt", "llama_adapter", "none"])
+def test_every_peft_method_trains_on_llama(method, run, tiny_model, sample_file, tmp_path):
+    output = tmp_path / method
+    result = run(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        tiny_model("llama"),
+        "--train_file",
+        sample_file,
+        "--output_dir",
+        output,
+        "--do_train",
+        "--peft",
+        method,
+        "--dataset_concatenation",
+        *QUICK,
+    )
+    assert_ok(result)
+    assert_trained_run(output, adapter=method != "none")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_lora_trains_on_every_architecture(architecture, run, tiny_model, sample_file, tmp_path):
+    output = tmp_path / architecture
+    result = run(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        tiny_model(architecture),
+        "--train_file",
+        sample_file,
+        "--output_dir",
+        output,
+        "--do_train",
+        "--peft",
+        "lora",
+        "--dataset_concatenation",
+        *QUICK,
+    )
+    assert_ok(result)
+    assert_trained_run(output)
+
+
+@pytest.mark.parametrize("architecture", ["gpt_neox", "bloom"])
+def test_llama_adapter_is_refused_where_peft_cannot_apply_it(architecture, run, tiny_model, sample_file, tmp_path):
+    result = run(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        tiny_model(architecture),
+        "--train_file",
+        sample_file,
+        "--output_dir",
+        tmp_path / "out",
+        "--do_train",
+        "--peft",
+        "llama_adapter",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: field 'peft': llama_adapter supports only")
+    assert not (tmp_path / "out").exists()
+
+
+def test_adapter_reloads_and_base_weights_are_unchanged(run, tiny_model, sample_file, tmp_path):
+    import peft
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    base_dir = tiny_model("llama")
+    before = load_file(str(base_dir / "model.safetensors"))
+    output = tmp_path / "adapter"
+    result = run(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        base_dir,
+        "--train_file",
+        sample_file,
+        "--output_dir",
+        output,
+        "--do_train",
+        "--peft",
+        "lora",
+        "--learning_rate",
+        "1e-2",
+        *QUICK,
+    )
+    assert_ok(result)
+    assert load_file(str(base_dir / "model.safetensors")).keys() == before.keys()
+    assert all(
+        torch.equal(tensor, before[name]) for name, tensor in load_file(str(base_dir / "model.safetensors")).items()
+    )
+    model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), output)
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # trained: LoRA B starts at zero
+    base = AutoModelForCausalLM.from_pretrained(base_dir).state_dict()
+    merged_free = {
+        n.replace("base_model.model.", "").replace(".base_layer", ""): p
+        for n, p in model.state_dict().items()
+        if "lora_" not in n
+    }
+    assert all(torch.equal(merged_free[name], tensor) for name, tensor in base.items() if name in merged_free)
+
+
+def test_eval_gives_loss_and_perplexity(run, tiny_model, sample_file, tmp_path):
+    output = tmp_path / "eval"
+    result = run(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        tiny_model("llama"),
+        "--train_file",
+        sample_file,
+        "--output_dir",
+        output,
+        "--do_train",
+        "--do_eval",
+        "--peft",
+        "lora",
+        *QUICK,
+    )
+    assert_ok(result)
+    metrics = json.loads((output / "all_results.json").read_text())
+    assert metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["eval_loss"], rel=1e-6)
+
+
+def test_golden_loss(run, tiny_model, tmp_path):
+    """A fixed tiny run: its loss values are pinned, so any change to data, masks or training shows up."""
+    data = tmp_path / "golden.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in sample_records(16)))
+    output = tmp_path / "golden"
+    result = run(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        tiny_model("llama"),
+        "--train_file",
+        data,
+        "--output_dir",
+        output,
+        "--do_train",
+        "--peft",
+        "lora",
+        "--dataset_concatenation",
+        "--per_device_train_batch_size",
+        "2",
+        "--max_steps",
+        "4",
+        "--logging_steps",
+        "1",
+        "--learning_rate",
+        "1e-2",
+        "--lora_dropout",
+        "0",
+        "--seed",
+        "7",
+        "--save_strategy",
+        "no",
+        "--max_seq_length",
+        "256",
+    )
+    assert_ok(result)
+    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert losses == pytest.approx(GOLDEN_LOSSES, abs=5e-4), losses
+
+
+GOLDEN_LOSSES = [5.921905517578125, 5.940191268920898, 5.896446704864502, 5.889659881591797]
+
+
+def bad_input_cases(tmp_path, sample_file):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": null}\n')
+    return {
+        "missing file": (["--train_file", tmp_path / "nope.json"], "nope.json: no such file"),
+        "bad field": (["--train_file", broken], "broken.jsonl:2: field 'output': expected a string, got null"),
+        "no data": ([], "field 'train_file': no training data"),
+        "bad model": (
+            ["--train_file", sample_file, "--model_name_or_path", tmp_path / "no_model"],
+            "field 'model_name_or_path': cannot load model config",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "bad field", "no data", "bad model"])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(case, run, tiny_model, sample_file, tmp_path):
+    flags, message = bad_input_cases(tmp_path, sample_file)[case]
+    output = tmp_path / "out"
+    args = ["--model_name_or_path", tiny_model("llama"), "--output_dir", output, "--do_train", *flags]
+    result = run("finetune_clm.py", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+    assert not output.exists()
+
+
+def test_a_finished_run_is_not_overwritten_without_the_flag(run, tiny_model, sample_file, tmp_path):
+    output = tmp_path / "done"
+    args = [
+        "--model_name_or_path",
+        tiny_model("llama"),
+        "--train_file",
+        sample_file,
+        "--output_dir",
+        output,
+        "--do_train",
+        *QUICK,
+    ]
+    assert_ok(run("finetune_clm.py", *args))
+    stamp = (output / "adapter_model.safetensors").stat().st_mtime_ns
+    again = run("finetune_clm.py", *args)
+    assert again.returncode == 2 and "holds a finished run; pass --overwrite_output_dir" in again.stderr
+    assert (output / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    assert_ok(run("finetune_clm.py", *args, "--overwrite_output_dir"))
