@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from transformers import AutoModelForCausalLM, Trainer
 
-    from finetuning import modeling, training
+    from finetuning import modeling, reliability, training
+    from finetuning.acceleration import optimize_for_training
     from finetuning.arguments import (
         DataArguments,
         FinetuneTrainingArguments,
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model_args, AutoModelForCausalLM, config=config, dtype=dtype, tokenizer=tokenizer, seed=training_args.seed
     )
     model = apply_peft(model, peft_config, gradient_checkpointing=training_args.gradient_checkpointing)
+    optimize_for_training(model, training_args, enabled=training_args.auto_optimize)
     training.log_run_summary(model, arguments)
 
     # trainer -> train / save / evaluate
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=PaddingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
+    reliability.attach(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training
     metrics: dict[str, float] = {}
     if training_args.do_train:
         metrics |= training.train_and_save(

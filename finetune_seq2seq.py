@@ -25,19 +25,29 @@ logger = logging.getLogger("finetuning")
 def main(argv: list[str] | None = None) -> dict[str, float]:
     from functools import partial
 
-    from transformers import AutoModelForSeq2SeqLM, Seq2SeqTrainer
+    from transformers import AutoModelForSeq2SeqLM
 
-    from finetuning import modeling, training
+    from finetuning import modeling, reliability, training
+    from finetuning.acceleration import optimize_for_training
     from finetuning.arguments import (
-        ModelArguments, PeftArguments, Seq2SeqDataArguments, Seq2SeqFinetuneTrainingArguments, parse_arguments,
+        ModelArguments,
+        PeftArguments,
+        Seq2SeqDataArguments,
+        Seq2SeqFinetuneTrainingArguments,
+        parse_arguments,
     )
     from finetuning.data import load_splits
     from finetuning.distributed import setup_launch_environment
     from finetuning.peft_setup import apply_peft, build_peft_config
     from finetuning.preprocessing import build_split_datasets
     from finetuning.seq2seq import (
-        RougeMetrics, Seq2SeqPaddingCollator, encode_seq2seq_record, require_instruction_records,
-        settle_seq2seq_arguments, use_per_batch_mean_loss,
+        RougeMetrics,
+        Seq2SeqPaddingCollator,
+        encode_seq2seq_record,
+        require_instruction_records,
+        seq2seq_trainer_class,
+        settle_seq2seq_arguments,
+        use_per_batch_mean_loss,
     )
     from finetuning.templates import get_template
 
@@ -54,37 +64,68 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     config = modeling.load_config(model_args)
     settle_seq2seq_arguments(config, data_args, training_args)
     tokenizer = modeling.load_tokenizer(model_args, special_tokens=data_args.special_tokens)
-    peft_config = build_peft_config(peft_args, config, task_type="SEQ_2_SEQ_LM",
-                                    new_token_ids=modeling.added_token_ids(tokenizer, data_args.special_tokens))
+    peft_config = build_peft_config(
+        peft_args,
+        config,
+        task_type="SEQ_2_SEQ_LM",
+        new_token_ids=modeling.added_token_ids(tokenizer, data_args.special_tokens),
+    )
 
     # data: the prompt is the encoder input, the response the decoder target; never packed
     template = get_template(data_args.prompt_template)
-    splits = load_splits(data_args, want_train=training_args.do_train, want_eval=training_args.do_eval,
-                         seed=training_args.seed)
+    splits = load_splits(
+        data_args, want_train=training_args.do_train, want_eval=training_args.do_eval, seed=training_args.seed
+    )
     require_instruction_records(splits)
-    encode = partial(encode_seq2seq_record, tokenizer=tokenizer, template=template,
-                     max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length)
+    encode = partial(
+        encode_seq2seq_record,
+        tokenizer=tokenizer,
+        template=template,
+        max_source_length=data_args.max_source_length,
+        max_target_length=data_args.max_target_length,
+    )
     train_dataset, eval_dataset = build_split_datasets(
-        splits, encode, tokenizer=tokenizer, data_args=data_args, training_args=training_args,
-        pack_block_size=None, settings={"encoding": "seq2seq"},
+        splits,
+        encode,
+        tokenizer=tokenizer,
+        data_args=data_args,
+        training_args=training_args,
+        pack_block_size=None,
+        settings={"encoding": "seq2seq"},
     )
 
     # model & PEFT
-    dtype = modeling.resolve_dtype(model_args.torch_dtype, bf16=training_args.bf16, fp16=training_args.fp16,
-                                   frozen_base=peft_config is not None)
-    model = modeling.load_model(model_args, AutoModelForSeq2SeqLM, config=config, dtype=dtype, tokenizer=tokenizer)
+    dtype = modeling.resolve_dtype(
+        model_args.torch_dtype, bf16=training_args.bf16, fp16=training_args.fp16, frozen_base=peft_config is not None
+    )
+    model = modeling.load_model(
+        model_args, AutoModelForSeq2SeqLM, config=config, dtype=dtype, tokenizer=tokenizer, seed=training_args.seed
+    )
     use_per_batch_mean_loss(model)
     model = apply_peft(model, peft_config, gradient_checkpointing=training_args.gradient_checkpointing)
+    optimize_for_training(model, training_args, enabled=training_args.auto_optimize)
     training.log_run_summary(model, arguments)
 
     # trainer -> train / save / evaluate; without generation only the loss is computed, so no logits are kept
-    trainer = Seq2SeqTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                             data_collator=Seq2SeqPaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-                             compute_metrics=RougeMetrics(tokenizer) if training_args.predict_with_generate else None)
+    trainer = seq2seq_trainer_class()(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=Seq2SeqPaddingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        compute_metrics=RougeMetrics(tokenizer) if training_args.predict_with_generate else None,
+    )
+    reliability.attach(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training
     metrics: dict[str, float] = {}
     if training_args.do_train:
-        metrics |= training.train_and_save(trainer, arguments=arguments, data_args=data_args,
-                                           resume_from=resume_from, train_samples=len(splits.train.records))
+        metrics |= training.train_and_save(
+            trainer,
+            arguments=arguments,
+            data_args=data_args,
+            resume_from=resume_from,
+            train_samples=len(splits.train.records),
+        )
     if training_args.do_eval:
         metrics |= training.evaluate_and_save(trainer, eval_samples=len(splits.validation.records))
     return metrics

@@ -31,7 +31,7 @@ def _print_answers(records: list[Any], answers: list[str]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import set_seed
 
-    from finetuning import generation
+    from finetuning import generation, inference_modes
     from finetuning.arguments import parse_arguments
     from finetuning.inference_args import InferenceArguments
     from finetuning.inference_loading import load_for_inference, merge_and_save
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (args,) = parse_arguments((InferenceArguments,), argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
     logger.setLevel(logging.INFO)
-    pairs = generation.read_prompt_records(args.input_file) if args.input_file else None
+    pairs = inference_modes.read_prompt_records(args.input_file) if args.input_file else None
 
     # model (+ adapter) -> merged model
     loaded = load_for_inference(args)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _print_answers(records, answers)
             report.setdefault("answers", []).extend(answers)
     if pairs is not None:
-        result = generation.predict_file(generator, pairs, args.output_file, args.batch_size)
+        result = inference_modes.predict_file(generator, pairs, args.output_file, args.batch_size)
         rate = result.new_tokens / result.seconds if result.seconds else 0.0
         print(
             f"wrote {result.records} predictions to {args.output_file} ({result.seconds:.1f} s, "
@@ -79,11 +79,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         report["predictions"] = result.records
     if args.bench:
-        bench = generation.bench(generator, list(generation.SAMPLE_INSTRUCTIONS), runs=args.bench_runs)
+        bench = inference_modes.bench(generator, list(generation.SAMPLE_INSTRUCTIONS), runs=args.bench_runs)
         print(bench.format(), flush=True)
         report["first_token_latency_s"], report["tokens_per_s"] = bench.first_token_latency, bench.tokens_per_second
     if args.interactive:
-        report["interactive_answers"] = generation.interactive(generator, sys.stdin, sys.stdout)
+        report["interactive_answers"] = inference_modes.interactive(generator, sys.stdin, sys.stdout)
     return report
 
 

@@ -9,7 +9,6 @@ and that users' command lines still pass.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,13 @@ class ModelArguments:
         default=False,
         metadata={
             "help": "Run Python code shipped inside the model directory. Off by default: only for models you trust."
+        },
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Load a model that has only pickled weights (pytorch_model.bin). Off by default: unpickling can "
+            "run code, so only safetensors weights are loaded unless you trust the model's source."
         },
     )
     torch_dtype: str | None = field(
@@ -165,6 +171,32 @@ class PeftArguments:
 
 
 @dataclass
+class SpeedFlags:
+    """Switches of the project's own speed-ups (finetuning/acceleration.py)."""
+
+    auto_optimize: bool = field(
+        default=True,
+        metadata={
+            "help": "Apply the device's safe speed-ups (LoRA inputs kept in bf16; Liger kernels on CUDA when "
+            "installed). Results change only by rounding; False gives the plain Trainer + PEFT path."
+        },
+    )
+
+
+@dataclass
+class ReliabilityFlags:
+    """Switches of finetuning/reliability.py."""
+
+    skip_nonfinite_batches: bool = field(
+        default=False,
+        metadata={
+            "help": "When a batch's loss is NaN or inf, skip that step's weight update (with a warning) instead of "
+            "stopping the run with an error; the run still stops after 10 such steps in a row."
+        },
+    )
+
+
+@dataclass
 class LegacyTrainingFlags:
     """Flags that ``transformers`` 5 dropped but the command lines in use still pass, with their old meaning."""
 
@@ -202,43 +234,47 @@ class LegacyTrainingFlags:
             self.warmup_steps = self.warmup_ratio
         if self.group_by_length:
             self.train_sampling_strategy = "group_by_length"
-        if (self.bf16 or self.bf16_full_eval) and not _has_accelerator():
-            self.use_cpu = True  # old scripts' "--bf16 on Sapphire Rapids": bf16 autocast on the CPU
+        device_type = _device_type(self.use_cpu)
+        if device_type == "cpu":
+            # Without an accelerator say so: transformers refuses --bf16 otherwise (the old scripts' "--bf16 on
+            # Sapphire Rapids" means bf16 autocast on the CPU), and accelerate starts no CPU data-parallel job.
+            self.use_cpu = True
         if self.output_dir is None:
             raise UserError("--output_dir is required", field="output_dir")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # A backend only means something with several processes (old releases ignored it otherwise).
-            from finetuning.distributed import resolve_ddp_backend
-
-            self.ddp_backend = resolve_ddp_backend(self.ddp_backend or self.xpu_backend, _device_type(self.use_cpu))
-        else:
-            self.ddp_backend = None
+        self.ddp_backend = _start_backend(self.ddp_backend or self.xpu_backend, device_type, self.ddp_timeout)
         super().__post_init__()
 
 
 def _device_type(use_cpu: bool) -> str:
-    import torch
+    from finetuning.distributed import device_for_local_rank
 
-    if use_cpu:
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    xpu = getattr(torch, "xpu", None)
-    return "xpu" if xpu is not None and xpu.is_available() else "cpu"
+    return device_for_local_rank(0, use_cpu=use_cpu).split(":")[0]
 
 
-def _has_accelerator() -> bool:
-    return _device_type(use_cpu=False) != "cpu"
+def _start_backend(requested: str | None, device_type: str, timeout_s: float) -> str | None:
+    """The ``ddp_backend`` to hand transformers: None for one process, where a backend means nothing (old
+    releases ignored it too). oneCCL is started here because accelerate accepts only gloo/mpi on the CPU
+    and reuses a process group that already exists."""
+    from finetuning.distributed import init_process_group, resolve_ddp_backend, setup_launch_environment
+
+    launch = setup_launch_environment()
+    if not launch.is_distributed:
+        return None
+    backend = resolve_ddp_backend(requested, device_type, world_size=launch.world_size)
+    if backend == "ccl":
+        init_process_group(launch, backend, timeout_s=timeout_s)
+        return None
+    return backend
 
 
 @dataclass
-class FinetuneTrainingArguments(LegacyTrainingFlags, TrainingArguments):
-    """``TrainingArguments`` plus the legacy flags."""
+class FinetuneTrainingArguments(SpeedFlags, ReliabilityFlags, LegacyTrainingFlags, TrainingArguments):
+    """``TrainingArguments`` plus the legacy flags and the project's speed switches."""
 
 
 @dataclass
-class Seq2SeqFinetuneTrainingArguments(LegacyTrainingFlags, Seq2SeqTrainingArguments):
-    """``Seq2SeqTrainingArguments`` plus the legacy flags."""
+class Seq2SeqFinetuneTrainingArguments(SpeedFlags, ReliabilityFlags, LegacyTrainingFlags, Seq2SeqTrainingArguments):
+    """``Seq2SeqTrainingArguments`` plus the legacy flags and the project's speed switches."""
 
 
 def _config_to_flags(config: dict[str, Any]) -> list[str]:

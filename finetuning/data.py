@@ -130,7 +130,12 @@ def _json_lines(path: Path, text: str) -> Iterator[tuple[dict[str, Any], Any]]:
         yield {"path": str(path), "line": number}, value
 
 
-def _iterate_raw(path: Path) -> Iterator[tuple[dict[str, Any], Any]]:
+def iter_raw_records(path: Path) -> Iterator[tuple[dict[str, Any], Any]]:
+    """Every record of a JSON, JSONL or CSV file as ``(location, raw value)``, not yet validated.
+
+    ``location`` holds the :class:`UserError` keywords that point at the record. Inference reads prompt files
+    through this too, since their records need no response.
+    """
     suffix = path.suffix.lower()
     text = _read_text(path)
     if suffix == ".jsonl":
@@ -173,7 +178,7 @@ def load_data_file(path_text: str) -> LoadedData:
     if not path.exists():
         raise UserError("no such file", path=path_text)
     records, empty = [], 0
-    for where, raw in _iterate_raw(path):
+    for where, raw in iter_raw_records(path):
         record = normalize_record(raw, where)
         if is_empty(record):
             empty += 1

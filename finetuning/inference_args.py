@@ -146,7 +146,8 @@ class InferenceArguments:
         sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         unused = [f"--{name}" for name, value in sampling.items() if value is not None]
         if unused and not self.do_sample:
-            raise UserError(f"{', '.join(unused)} only apply when sampling: add --do_sample")
+            verb = "applies" if len(unused) == 1 else "apply"
+            raise UserError(f"{', '.join(unused)} {verb} only when sampling: add --do_sample")
         for name, value, low in (
             ("max_new_tokens", self.max_new_tokens, 1),
             ("batch_size", self.batch_size, 1),

@@ -95,10 +95,13 @@ def load_model(
     extra: dict[str, Any] = (
         {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     )
+    allow_pickle = getattr(model_args, "allow_pickle_weights", False)
     if model_args.model_name_or_path is None:
         logger.info("training from scratch: no --model_name_or_path")
         model = model_class.from_config(config, trust_remote_code=model_args.trust_remote_code, dtype=dtype, **extra)
     else:
+        if not allow_pickle:
+            _refuse_pickle_only(model_args.model_name_or_path)
         try:
             model = model_class.from_pretrained(
                 model_args.model_name_or_path,
@@ -107,7 +110,7 @@ def load_model(
                 cache_dir=model_args.cache_dir,
                 trust_remote_code=model_args.trust_remote_code,
                 dtype=dtype,
-                use_safetensors=None,
+                use_safetensors=None if allow_pickle else True,  # no pickled weights unless allowed
                 **extra,
             )
         except (OSError, ValueError) as error:
@@ -118,6 +121,22 @@ def load_model(
     if generation_config is not None and generation_config.pad_token_id is None:
         generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def _refuse_pickle_only(name: str) -> None:
+    """A local model directory with pickled weights (``*.bin``) and no safetensors: refuse it in one line."""
+    from pathlib import Path
+
+    directory = Path(name)
+    if not directory.is_dir() or any(directory.glob("*.safetensors")):
+        return
+    pickled = sorted(path.name for path in directory.glob("*.bin") if path.name != "training_args.bin")
+    if pickled:
+        raise UserError(
+            f"model '{name}' has only pickled weights ({', '.join(pickled)}), which can run code when loaded; "
+            "convert them to safetensors, or pass --allow_pickle_weights if you trust their source",
+            field="model_name_or_path",
+        )
 
 
 def added_token_ids(tokenizer: Any, special_tokens: list[str] | None) -> list[int]:

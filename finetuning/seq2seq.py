@@ -3,8 +3,8 @@
 The rendered instruction prompt is the encoder input and the response is the decoder target, so the two sides
 are tokenized and truncated separately (``--max_source_length``, ``--max_target_length``) and no label ever
 needs masking inside a sequence: every target position is in the loss. The model builds its decoder inputs
-by shifting the labels right behind ``decoder_start_token_id``, so the target carries no BOS, only the
-response and its EOS.
+by shifting the labels right behind ``decoder_start_token_id``; the target is the response as the model's
+tokenizer writes it (BART's with a leading ``<s>``, T5's without) and always ends with EOS.
 """
 
 from __future__ import annotations
@@ -37,13 +37,18 @@ def encode_source(tokenizer: Any, prompt: str, max_length: int) -> tuple[list[in
 
 
 def encode_target(tokenizer: Any, response: str, max_length: int) -> tuple[list[int], bool]:
-    """Label ids of a response: the response and EOS, cut at ``max_length``.
+    """Label ids of a response, with the tokenizer's special tokens and always EOS, cut at ``max_length``.
 
-    A cut response keeps no EOS, as in the causal encoding: the model must not learn to stop mid-answer.
+    The tokenizer's own special tokens are kept because generation reproduces them: BART's generation config
+    forces ``<s>`` as the first token, so BART targets must start with it, as its tokenizer writes them; T5's
+    tokenizer adds only EOS. A cut response keeps no EOS, as in the causal encoding: the model must not learn
+    to stop mid-answer.
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token: the model could never learn to stop")
-    ids = [*tokenizer(response, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    ids = list(tokenizer(response, add_special_tokens=True, verbose=False)["input_ids"])
+    if not ids or ids[-1] != tokenizer.eos_token_id:
+        ids.append(tokenizer.eos_token_id)
     return ids[:max_length], len(ids) > max_length
 
 
@@ -55,13 +60,14 @@ def encode_seq2seq_record(
     max_source_length: int,
     max_target_length: int,
 ) -> dict[str, Any]:
-    """Encode one instruction record: ``input_ids`` (prompt) and ``labels`` (response + EOS), unpadded.
+    """Encode one instruction record: ``input_ids`` (prompt) and ``labels`` (response, EOS), unpadded.
 
     ``supervised`` is counted here because every label is a target: the data report's default count assumes
     causal labels, whose first position is never predicted.
     """
-    source, source_cut = encode_source(tokenizer, template.render(record["instruction"], record["input"]),
-                                       max_source_length)
+    source, source_cut = encode_source(
+        tokenizer, template.render(record["instruction"], record["input"]), max_source_length
+    )
     target, target_cut = encode_target(tokenizer, record["output"], max_target_length)
     return {"input_ids": source, "labels": target, "truncated": source_cut or target_cut, "supervised": len(target)}
 
@@ -125,13 +131,34 @@ class RougeMetrics:
         generated = decode_ids(self.tokenizer, predictions)
         references = decode_ids(self.tokenizer, evaluation.label_ids)
         scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-        scores = [scorer.score(reference, prediction) for reference, prediction in zip(references, generated, strict=True)]
-        metrics = {name: round(100 * float(np.mean([score[name].fmeasure for score in scores])), 4)
-                   for name in ROUGE_TYPES}
+        scores = [
+            scorer.score(reference, prediction) for reference, prediction in zip(references, generated, strict=True)
+        ]
+        metrics = {
+            name: round(100 * float(np.mean([score[name].fmeasure for score in scores])), 4) for name in ROUGE_TYPES
+        }
         special = set(self.tokenizer.all_special_ids)
         lengths = [sum(1 for token in row if token >= 0 and token not in special) for row in np.asarray(predictions)]
         metrics["gen_len"] = round(float(np.mean(lengths)), 4)
         return metrics
+
+
+def seq2seq_trainer_class() -> type:
+    """``Seq2SeqTrainer`` with generation under the run's mixed precision, like every other forward pass.
+
+    accelerate applies autocast by wrapping the prepared model's ``forward``, which ``generate`` goes around.
+    Without autocast, ``--predict_with_generate`` under ``--bf16`` would run a bfloat16 base against float32
+    adapters; with ``--auto_optimize``'s LoRA speed-up (no per-layer float32 cast) that fails outright.
+    (A function, so that importing this module stays free of ``transformers``.)
+    """
+    from transformers import Seq2SeqTrainer
+
+    class MixedPrecisionSeq2SeqTrainer(Seq2SeqTrainer):
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+            with self.accelerator.autocast():
+                return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
+
+    return MixedPrecisionSeq2SeqTrainer
 
 
 def use_per_batch_mean_loss(model: Any) -> None:
@@ -149,14 +176,18 @@ def use_per_batch_mean_loss(model: Any) -> None:
 def settle_seq2seq_arguments(model_config: Any, data_args: Any, training_args: Any) -> None:
     """Refuse what cannot work for an encoder-decoder run, warn about flags that do not apply, fill defaults."""
     if not getattr(model_config, "is_encoder_decoder", False):
-        raise UserError(f"'{model_config.model_type}' is not an encoder-decoder model: fine-tune it with "
-                        "finetune_clm.py", field="model_name_or_path")
+        raise UserError(
+            f"'{model_config.model_type}' is not an encoder-decoder model: fine-tune it with finetune_clm.py",
+            field="model_name_or_path",
+        )
     for name in ("max_source_length", "max_target_length"):
         if getattr(data_args, name) < 2:
             raise UserError("must be at least 2 (room for a token and EOS)", field=name)
     if data_args.dataset_concatenation:
-        logger.warning("--dataset_concatenation ignored: packing does not apply to encoder-decoder models, whose "
-                       "encoder and decoder sequences are padded separately")
+        logger.warning(
+            "--dataset_concatenation ignored: packing does not apply to encoder-decoder models, whose "
+            "encoder and decoder sequences are padded separately"
+        )
     if data_args.train_on_inputs:
         logger.warning("--train_on_inputs ignored: the prompt is the encoder input, which is never in the loss")
     if training_args.generation_max_length is None:
@@ -168,5 +199,8 @@ def require_instruction_records(splits: Any) -> None:
     """Chat records have no single prompt/response split for an encoder and a decoder: refuse them up front."""
     for loaded in (splits.train, splits.validation):
         if loaded is not None and any("messages" in record for record in loaded.records):
-            raise UserError("chat records (messages) are not supported for encoder-decoder models; use instruction "
-                            "records (instruction, input, output)", path=loaded.source)
+            raise UserError(
+                "chat records (messages) are not supported for encoder-decoder models; use instruction "
+                "records (instruction, input, output)",
+                path=loaded.source,
+            )

@@ -18,7 +18,9 @@ from finetuning.templates import save_template_name
 logger = logging.getLogger("finetuning")
 
 RUN_ARGUMENTS_FILE = "finetune_args.json"
-FINISHED_MARKERS = ("all_results.json", "train_results.json", "adapter_config.json", "model.safetensors")
+# Written after the model: a run killed while saving its final model has no results yet and resumes.
+RESULTS_MARKERS = ("all_results.json", "train_results.json")
+FINISHED_MARKERS = (*RESULTS_MARKERS, "adapter_config.json", "model.safetensors")
 
 
 def setup_logging(training_args: Any) -> None:
@@ -44,28 +46,29 @@ def resolve_resume_checkpoint(training_args: Any) -> str | None:
     """Decide what an existing output_dir means before anything is written to it.
 
     A finished run is never overwritten unless ``--overwrite_output_dir``; an interrupted one (checkpoints,
-    no final results) resumes from its last complete checkpoint; ``--resume_from_checkpoint`` wins.
+    no final results) resumes from its last complete checkpoint (see finetuning/reliability.py: a checkpoint
+    the run was killed while writing is skipped); ``--resume_from_checkpoint`` wins.
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from finetuning import reliability
 
     if training_args.resume_from_checkpoint:
-        if not Path(training_args.resume_from_checkpoint).is_dir():
-            raise UserError(
-                "no such checkpoint directory",
-                path=training_args.resume_from_checkpoint,
-                field="resume_from_checkpoint",
-            )
+        path = Path(training_args.resume_from_checkpoint)
+        problem = "no such checkpoint directory" if not path.is_dir() else None
+        problem = problem or reliability.checkpoint_problem(path, require_marker=False)
+        if problem:
+            raise UserError(problem, path=str(path), field="resume_from_checkpoint")
         return training_args.resume_from_checkpoint
     output_dir = Path(training_args.output_dir)
     if not output_dir.is_dir() or training_args.overwrite_output_dir or not training_args.do_train:
         return None
-    if any((output_dir / marker).exists() for marker in FINISHED_MARKERS):
+    checkpoint = reliability.last_complete_checkpoint(output_dir)
+    finished = RESULTS_MARKERS if checkpoint else FINISHED_MARKERS
+    if any((output_dir / marker).exists() for marker in finished):
         raise UserError(
             "holds a finished run; pass --overwrite_output_dir to train again there",
             path=str(output_dir),
             field="output_dir",
         )
-    checkpoint = get_last_checkpoint(str(output_dir))
     if checkpoint is not None:
         logger.info("resuming from %s (pass --overwrite_output_dir to start over)", checkpoint)
     return checkpoint
@@ -97,8 +100,11 @@ def train_and_save(
     trainer: Any, *, arguments: tuple[Any, ...], data_args: Any, resume_from: str | None, train_samples: int
 ) -> dict[str, float]:
     """Train, save model + tokenizer + template + arguments + metrics; returns the train metrics."""
+    from finetuning import reliability
+
     training_args = trainer.args
     result = trainer.train(resume_from_checkpoint=resume_from)
+    reliability.exit_if_stopped(trainer)  # stopped by SIGTERM/SIGINT: a checkpoint, not a finished run
     trainer.save_model()
     metrics = dict(result.metrics)
     metrics["train_samples"] = train_samples

@@ -1,8 +1,9 @@
 """The built-in demo (`make demo`): the whole job on a small default, offline, in a few minutes on a CPU.
 
 1. Train a byte-level BPE tokenizer on the shipped sample data and build a tiny Llama (random weights).
-2. LoRA fine-tune it with packing (``--dataset_concatenation``) on ``data/sample_instructions.jsonl``.
-3. Generate answers to a few of the training instructions with ``inference.py``.
+2. LoRA fine-tune it with packing (``--dataset_concatenation``) on the first records of
+   ``data/sample_instructions.jsonl``.
+3. Generate answers to two of the training instructions with ``inference.py``.
 
 A tiny random model learns the answers' shape, not the world: the point is to see every stage run, and
 the commands printed here are the ones to reuse with a real model.
@@ -19,7 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "sample_instructions.jsonl"
 OUTPUT = REPO / "demo_output"
-QUESTIONS = ["What is the capital of France?", "Translate the color 'red' into French."]
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+TRAIN_RECORDS = 6  # what a tiny random model memorizes in a minute or two on two cores
+QUESTIONS = ["What is the capital of Norway?", "Translate the color 'black' into French."]
 
 sys.path.insert(0, str(REPO))
 
@@ -37,14 +40,16 @@ def main() -> None:
     base = OUTPUT / "tiny-llama"
     print(f"building a tiny Llama and its tokenizer from {DATA.relative_to(REPO)} ({len(records)} records)")
     tokenizer = build_tokenizer([" ".join(record.values()) for record in records], vocab_size=512)
-    build_tiny_model("llama", tokenizer, base, hidden=128, layers=2, heads=4)
+    build_tiny_model("llama", tokenizer, base, hidden=64, layers=2, heads=4)
 
     adapter = OUTPUT / "tiny-llama-lora"
     run("finetune_clm.py", "--model_name_or_path", base, "--train_file", DATA, "--output_dir", adapter,
-        "--do_train", "--peft", "lora", "--lora_all_linear", "--lora_rank", "32", "--lora_alpha", "64",
-        "--lora_dropout", "0", "--dataset_concatenation", "--max_seq_length", "256",
-        "--per_device_train_batch_size", "4", "--num_train_epochs", "30", "--learning_rate", "5e-3",
-        "--warmup_ratio", "0.05", "--logging_steps", "50", "--save_strategy", "no", "--overwrite_output_dir",
+        # lm_head too: a random base's output layer is too weak for confident answers (a pretrained one is not)
+        "--do_train", "--peft", "lora", "--lora_rank", "16", "--lora_alpha", "32", "--lora_target_modules",
+        *LORA_TARGETS, "--lora_dropout", "0", "--dataset_concatenation", "--max_seq_length", "256",
+        "--max_train_samples", TRAIN_RECORDS, "--per_device_train_batch_size", "6", "--num_train_epochs", "150",
+        "--learning_rate", "1e-2",
+        "--warmup_ratio", "0.05", "--logging_steps", "100", "--save_strategy", "no", "--overwrite_output_dir",
         "--report_to", "none", "--disable_tqdm", "true")
 
     run("inference.py", "--peft_model_path", adapter, "--max_new_tokens", "24", "--instructions", *QUESTIONS)

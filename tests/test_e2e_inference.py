@@ -350,7 +350,7 @@ def test_adapter_whose_base_is_gone(capsys, tiny_model, tmp_path):
         ("chat_on_seq2seq", "chat records (messages) are not supported for encoder-decoder models"),
         ("merge_full_model", "nothing to merge: --merge_and_save needs an adapter"),
         ("unknown_template", "unknown prompt template 'nope'"),
-        ("sampling_without_do_sample", "--temperature only apply when sampling: add --do_sample"),
+        ("sampling_without_do_sample", "--temperature applies only when sampling: add --do_sample"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(case, expected, capsys, tiny_model, tmp_path):

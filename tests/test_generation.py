@@ -14,14 +14,10 @@ import torch
 from conftest import sample_records
 
 from finetuning.errors import UserError
-from finetuning.generation import (
-    Generator,
-    build_generation_config,
-    read_prompt_records,
-    write_jsonl_atomically,
-)
+from finetuning.generation import Generator, build_generation_config
 from finetuning.inference_args import InferenceArguments
 from finetuning.inference_loading import load_for_inference, merge_and_save
+from finetuning.inference_modes import read_prompt_records, write_jsonl_atomically
 from finetuning.templates import get_template, save_template_name
 
 RECORDS = sample_records(10)
@@ -337,8 +333,8 @@ def test_output_is_written_atomically(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ({"infer": True, "temperature": 0.7}, "--temperature only apply when sampling: add --do_sample"),
-        ({"infer": True, "top_p": 0.9, "top_k": 5}, "--top_p, --top_k only apply when sampling"),
+        ({"infer": True, "temperature": 0.7}, "--temperature applies only when sampling: add --do_sample"),
+        ({"infer": True, "top_p": 0.9, "top_k": 5}, "--top_p, --top_k apply only when sampling"),
         ({}, "nothing to do"),
         ({"input_file": "a.jsonl"}, "--input_file needs --output_file"),
         ({"input_file": "a.jsonl", "output_file": "./a.jsonl"}, "would overwrite --input_file"),

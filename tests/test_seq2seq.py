@@ -42,47 +42,74 @@ def prompt_ids(tokenizer, record=RECORD):
     return tokenizer(get_template("alpaca").render(record["instruction"], record["input"]))["input_ids"]
 
 
-def response_ids(tokenizer, record=RECORD):
-    return tokenizer(record["output"], add_special_tokens=False)["input_ids"]
+def content_ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.fixture(params=["bos", "t5", "bart"])
+def tokenizer(request, tiny_tokenizer):
+    """The tiny tokenizer with each convention of special tokens: BOS only (as built), T5's trailing EOS, and
+    BART's ``<s> ... </s>``; returns it with the special tokens it puts before and after a text."""
+    import copy
+
+    from tokenizers import processors
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    before, after = {"bos": ([bos], []), "t5": ([], [eos]), "bart": ([bos], [eos])}[request.param]
+    if request.param != "bos":
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=" ".join(["<s>"] * len(before) + ["$A"] + ["</s>"] * len(after)),
+            special_tokens=[("<s>", bos), ("</s>", eos)],
+        )
+    assert tokenizer("a")["input_ids"] == [*before, *content_ids(tokenizer, "a"), *after]
+    return SimpleNamespace(tokenizer=tokenizer, before=before, after=after)
+
+
+def target_ids(styled, text):
+    """The response as the tokenizer writes it, and exactly one EOS at the end."""
+    return [*styled.before, *content_ids(styled.tokenizer, text), styled.tokenizer.eos_token_id]
 
 
 # --- encoding -----------------------------------------------------------------------------------------------
 
 
-def test_prompt_is_the_source_and_response_plus_eos_the_target(tiny_tokenizer):
-    sample = encode(tiny_tokenizer)
-    assert sample["input_ids"] == prompt_ids(tiny_tokenizer)  # with the tokenizer's special tokens, as inference
-    assert sample["labels"] == [*response_ids(tiny_tokenizer), tiny_tokenizer.eos_token_id]
+def test_prompt_is_the_source_and_the_response_with_one_eos_the_target(tokenizer):
+    sample = encode(tokenizer.tokenizer)
+    assert sample["input_ids"] == prompt_ids(tokenizer.tokenizer)  # with its special tokens, as inference has it
+    assert sample["labels"] == target_ids(tokenizer, RECORD["output"])
+    assert sample["labels"].count(tokenizer.tokenizer.eos_token_id) == 1
     assert IGNORE_INDEX not in sample["labels"]  # nothing to mask: every target token is in the loss
     assert sample["supervised"] == len(sample["labels"]) and sample["truncated"] is False
-    assert tiny_tokenizer.decode(sample["labels"], skip_special_tokens=True) == RECORD["output"]
+    assert tokenizer.tokenizer.decode(sample["labels"], skip_special_tokens=True) == RECORD["output"]
 
 
-def test_source_is_cut_to_max_source_length_at_its_end(tiny_tokenizer):
-    full = prompt_ids(tiny_tokenizer)
-    sample = encode(tiny_tokenizer, source=12)
+def test_source_is_cut_to_max_source_length_keeping_its_special_tokens(tokenizer):
+    full = prompt_ids(tokenizer.tokenizer)
+    sample = encode(tokenizer.tokenizer, source=12)
     assert len(full) > 12 and len(sample["input_ids"]) == 12 and sample["truncated"] is True
-    assert sample["input_ids"] == full[:12]  # special tokens and the instruction's start survive
-    assert sample["labels"] == [*response_ids(tiny_tokenizer), tiny_tokenizer.eos_token_id]
+    # the prompt's start (the instruction) survives, and so does T5's trailing EOS
+    assert sample["input_ids"] == full[: 12 - len(tokenizer.after)] + tokenizer.after
+    assert sample["labels"] == target_ids(tokenizer, RECORD["output"])
 
 
-def test_target_is_cut_to_max_target_length_without_a_false_eos(tiny_tokenizer):
-    response = response_ids(tiny_tokenizer)
-    sample = encode(tiny_tokenizer, target=3)
-    assert sample["labels"] == response[:3] and sample["truncated"] is True
-    assert sample["supervised"] == 3
+def test_target_is_cut_to_max_target_length_without_a_false_eos(tokenizer):
+    target = target_ids(tokenizer, RECORD["output"])
+    sample = encode(tokenizer.tokenizer, target=3)
+    assert len(target) > 3 and sample["labels"] == target[:3] and sample["truncated"] is True
+    assert tokenizer.tokenizer.eos_token_id not in sample["labels"] and sample["supervised"] == 3
 
 
-def test_target_that_just_fits_keeps_its_eos(tiny_tokenizer):
-    fits = len(response_ids(tiny_tokenizer)) + 1
-    sample = encode(tiny_tokenizer, target=fits)
-    assert len(sample["labels"]) == fits and sample["labels"][-1] == tiny_tokenizer.eos_token_id
+def test_target_that_just_fits_keeps_its_eos(tokenizer):
+    fits = len(target_ids(tokenizer, RECORD["output"]))
+    sample = encode(tokenizer.tokenizer, target=fits)
+    assert len(sample["labels"]) == fits and sample["labels"][-1] == tokenizer.tokenizer.eos_token_id
     assert sample["truncated"] is False
 
 
-def test_empty_response_still_teaches_to_stop(tiny_tokenizer):
-    sample = encode(tiny_tokenizer, {"instruction": "Say nothing.", "input": "", "output": ""})
-    assert sample["labels"] == [tiny_tokenizer.eos_token_id]
+def test_empty_response_still_teaches_to_stop(tokenizer):
+    sample = encode(tokenizer.tokenizer, {"instruction": "Say nothing.", "input": "", "output": ""})
+    assert sample["labels"] == [*tokenizer.before, tokenizer.tokenizer.eos_token_id]
 
 
 def test_data_report_counts_every_target_token(tiny_tokenizer, tmp_path):
@@ -101,7 +128,7 @@ def test_data_report_counts_every_target_token(tiny_tokenizer, tmp_path):
         overwrite_cache=True,
     )
     assert report.supervised_tokens == sum(len(labels) for labels in dataset["labels"])
-    assert report.supervised_tokens == sum(len(response_ids(tiny_tokenizer, r)) + 1 for r in records)
+    assert report.supervised_tokens == sum(len(tiny_tokenizer(r["output"])["input_ids"]) + 1 for r in records)
     assert dataset.column_names == ["input_ids", "labels"]
 
 
@@ -191,7 +218,7 @@ def test_an_explicit_generation_length_is_kept():
 
 def test_decoder_only_models_and_tiny_lengths_are_refused():
     training = SimpleNamespace(generation_max_length=None)
-    with pytest.raises(UserError, match="'llama' is not an encoder-decoder model: fine-tune it with finetune_clm.py"):
+    with pytest.raises(UserError, match=r"'llama' is not an encoder-decoder model: fine-tune it with finetune_clm\.py"):
         settle_seq2seq_arguments(
             SimpleNamespace(is_encoder_decoder=False, model_type="llama"), data_arguments(), training
         )
@@ -203,7 +230,7 @@ def test_decoder_only_models_and_tiny_lengths_are_refused():
 
 def test_chat_records_are_refused_with_their_source():
     chat = LoadedData(records=[{"messages": [{"role": "assistant", "content": "hi"}]}], source="chat.jsonl")
-    with pytest.raises(UserError, match="chat.jsonl: chat records"):
+    with pytest.raises(UserError, match=r"chat\.jsonl: chat records"):
         require_instruction_records(SimpleNamespace(train=chat, validation=None))
 
 
@@ -250,7 +277,7 @@ def test_lora_targets_t5_query_and_value_by_default(tiny_model):
 def test_full_fine_tuning_and_llama_adapter(tiny_model):
     config = load_t5(tiny_model("t5")).config
     assert build_peft_config(PeftArguments(peft="none"), config, task_type="SEQ_2_SEQ_LM") is None
-    with pytest.raises(UserError, match="llama_adapter supports only .*not 't5'"):
+    with pytest.raises(UserError, match=r"llama_adapter supports only .*not 't5'"):
         build_peft_config(PeftArguments(peft="llama_adapter"), config, task_type="SEQ_2_SEQ_LM")
 
 
