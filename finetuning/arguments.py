@@ -261,10 +261,11 @@ def _start_backend(requested: str | None, device_type: str, timeout_s: float) ->
     if not launch.is_distributed:
         return None
     backend = resolve_ddp_backend(requested, device_type, world_size=launch.world_size)
-    if backend == "ccl":
+    if backend == "ccl" or device_type == "cpu":
+        # On the CPU transformers does not hand --ddp_timeout to accelerate (the group would wait 30 minutes
+        # whatever the flag says): a group started here has it, and accelerate reuses the group.
         init_process_group(launch, backend, timeout_s=timeout_s)
-        return None
-    return backend
+    return None if backend == "ccl" else backend
 
 
 @dataclass

@@ -14,10 +14,13 @@ whole launch API from this one module. Nothing heavy is imported at module impor
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, overload
@@ -34,6 +37,7 @@ from finetuning.errors import UserError
 __all__ = [
     "LaunchEnvironment",
     "device_for_local_rank",
+    "exit_if_process_group",
     "init_process_group",
     "maybe_import_ipex",
     "resolve_ddp_backend",
@@ -231,3 +235,31 @@ def _split_cpu_threads(env: MutableMapping[str, str], local_world_size: int, *, 
     # OpenMP read the variable when torch loaded; a torch imported earlier must be told directly.
     if apply_to_torch and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
+
+
+def exit_if_process_group(exit_code: int) -> None:
+    """End this rank now, without Python's interpreter finalization, if it belongs to a started process group.
+
+    A gloo worker thread releases the tensors of a collective it has just finished itself, which needs the GIL;
+    when the main thread has meanwhile begun finalizing the interpreter, Python < 3.14 ends that thread by
+    unwinding it, and the rank aborts with "terminate called without an active exception" (SIGABRT) after a
+    complete, saved run (pytorch/pytorch#190489). ``destroy_process_group`` does not prevent it while DDP
+    still holds the group. So a rank does what normal shutdown does up to that point (join non-daemon threads,
+    run the atexit handlers, finalize MPI if mpi4py started it, flush) and then leaves with ``os._exit``.
+    Returns, doing nothing, in a process without a process group (a single process, or one already destroyed).
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
+    for stream in (sys.stdout, sys.stderr):
+        # a closed or broken pipe must not turn a finished run into a failure
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(exit_code)

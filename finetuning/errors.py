@@ -48,9 +48,19 @@ class UserError(Exception):
 
 
 def exit_on_user_error(main: Callable[[], _Result]) -> _Result:
-    """Run ``main``; on :class:`UserError` print ``error: <message>`` on one line and exit with code 2."""
+    """Run ``main``; on :class:`UserError` print ``error: <message>`` on one line and exit with code 2.
+
+    A rank of a distributed run leaves here through :func:`finetuning.distributed.exit_if_process_group` (exit code
+    2, or ``main``'s result when that is an int, else 0), which skips the interpreter finalization that can abort
+    a rank that finished its work.
+    """
+    from finetuning.distributed import exit_if_process_group
+
     try:
-        return main()
+        result = main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
+        exit_if_process_group(EXIT_USER_ERROR)
         sys.exit(EXIT_USER_ERROR)
+    exit_if_process_group(result if type(result) is int else 0)
+    return result

@@ -181,10 +181,15 @@ def resolve_template(override: str | None, *model_dirs: str | None) -> tuple[Pro
     return get_template(override or DEFAULT_TEMPLATE), None
 
 
-def _model_arguments(base: str, tokenizer_name: str | None, trust_remote_code: bool) -> Any:
+def _model_arguments(base: str, tokenizer_name: str | None, trust_remote_code: bool, allow_pickle: bool) -> Any:
     from finetuning.arguments import ModelArguments
 
-    return ModelArguments(model_name_or_path=base, tokenizer_name=tokenizer_name, trust_remote_code=trust_remote_code)
+    return ModelArguments(
+        model_name_or_path=base,
+        tokenizer_name=tokenizer_name,
+        trust_remote_code=trust_remote_code,
+        allow_pickle_weights=allow_pickle,
+    )
 
 
 @contextmanager
@@ -212,7 +217,7 @@ def load_for_inference(args: Any) -> LoadedModel:
     tokenizer_name = args.tokenizer_name
     if tokenizer_name is None and adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file():
         tokenizer_name = adapter
-    model_args = _model_arguments(base, tokenizer_name, args.trust_remote_code)
+    model_args = _model_arguments(base, tokenizer_name, args.trust_remote_code, args.allow_pickle)
     with _named_as_inference_flags():
         config = modeling.load_config(model_args)
         encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))

@@ -1,28 +1,25 @@
-"""Keeping long runs safe: checkpoints that are complete or ignored, a clean stop on SIGTERM/SIGINT, no training
-on a non-finite loss. Both fine-tune scripts call :func:`attach` on their Trainer; ``training.py`` asks
-:func:`last_complete_checkpoint` where to resume and calls :func:`exit_if_stopped` after training.
+"""Long runs that lose nothing and never hang. Both fine-tune scripts call :func:`attach` on their Trainer;
+``training.py`` resumes from :func:`last_complete_checkpoint` and calls :func:`exit_if_stopped` after training.
 
-* Complete checkpoints. transformers 5 writes ``checkpoint-N`` in place (no temporary directory and rename), so
-  a crash while saving leaves a half-written directory that ``get_last_checkpoint`` would pick. After the Trainer
-  has saved one, its main process flushes every file to disk and then atomically writes ``checkpoint_complete.json``
-  listing them with their sizes. Resuming only considers checkpoints whose marker is there and whose files still
-  match it; others are skipped with a warning. (A marker is removed before its directory is written again.)
-* Signals. SIGTERM (batch schedulers, torchrun) or SIGINT (Ctrl-C) only sets a flag. At the next optimizer step
-  all ranks agree on it (one all-reduce per step, shared with the loss check), save a checkpoint at the step's end
-  and stop. The process then prints ``... rerun the same command to resume from <checkpoint>`` and exits with
-  128 + the signal number (143 for SIGTERM, 130 for SIGINT, the codes a shell reports for a process killed by
-  them): the run is not finished, so a following ``&& python inference.py`` must not start. A second signal
-  stops at once. torchrun gives workers 30 s between its SIGTERM and SIGKILL, so one step plus a save must fit.
-* Non-finite loss. Every micro-batch's loss is checked on its device (no extra host sync: the Trainer already
-  syncs on it); before the optimizer step, a NaN/inf loss on any rank stops the run with ``error: loss became nan
-  at step N; ...`` (exit 2), before the weights are updated or saved. ``--skip_nonfinite_batches`` skips that
-  step's update instead (and still stops after 10 such steps in a row).
+* Complete checkpoints. transformers 5 writes ``checkpoint-N`` in place (no temporary directory and rename), so a
+  crash while saving leaves a half checkpoint that its ``get_last_checkpoint`` would pick. Once the Trainer saved
+  one, the main process fsyncs its files and atomically writes ``checkpoint_complete.json`` listing their sizes;
+  resuming considers only checkpoints whose marker is there and whose files still match it.
+* Signals. SIGTERM (schedulers, torchrun) or SIGINT (Ctrl-C) only sets a flag; at the next optimizer step the ranks
+  agree on it (one tiny all-reduce per step, shared with the checks below), save a checkpoint at the step's end and
+  stop: ``stopped by SIGTERM at step N, checkpoint saved: rerun the same command to resume from <checkpoint>``, exit
+  code 128 + the signal (143 SIGTERM, 130 SIGINT, as a shell reports a process killed by it: the run did not
+  finish, so ``&& python inference.py`` must not start). A second signal stops at once. torchrun waits 30 s
+  between its SIGTERM and SIGKILL: one step plus a save must fit.
+* Non-finite values. Each micro-batch's loss and each step's gradient norm are checked on their device (the
+  Trainer syncs on them anyway); before the optimizer step a NaN/inf on any rank stops the run (exit 2) with
+  ``error: loss became nan at step N; ...``, before the weights are updated or saved. ``--skip_nonfinite_batches``
+  skips that update instead (and stops after 10 in a row).
 
-Exit codes: 0 finished; 1 crash; 2 bad input, bad flags or a non-finite loss; 130/143 stopped by a signal.
-A rank that dies takes the job down within seconds under mpirun (Hydra kills the other ranks), torchrun (its
-agent stops them) and gloo (a peer's closed socket fails the pending collective); a rank that hangs instead of
-dying holds the others in their collective for ``--ddp_timeout`` (transformers' default 1800 s, kept because the
-other ranks legitimately wait that long while rank 0 tokenizes a large data set or saves a large checkpoint).
+Exit codes: 0 finished; 1 crash; 2 bad input, flags or a non-finite loss; 130/143 stopped by a signal. A rank
+killed by a signal brings the job down within seconds: mpirun's Hydra kills the others (it does not when a rank
+merely exits non-zero), torchrun's agent stops them, and gloo fails the pending collective on the closed socket.
+A rank that hangs holds the others for ``--ddp_timeout`` (default 1800 s: rank 0 may tokenize or save that long).
 """
 
 from __future__ import annotations
@@ -44,6 +41,7 @@ from finetuning.errors import UserError
 logger = logging.getLogger("finetuning")
 
 MARKER = "checkpoint_complete.json"
+NONFINITE = {4: "loss became nan", 3: "loss became inf", 2: "gradient norm became nan", 1: "gradient norm became inf"}
 MAX_SKIPPED_IN_A_ROW = 10
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -120,9 +118,11 @@ class ReliabilityCallback(TrainerCallback):
         self.stop_signal = 0  # the signal all ranks agreed to stop on
         self.stopped_at: int | None = None
         self.skipped_in_a_row = 0
-        self._nonfinite: Any = None  # device tensor: 2 if a micro-batch loss was nan, 1 if inf, else 0
+        self._nonfinite: Any = None  # device tensor, the worst of this step: a key of NONFINITE, or 0
+        self._grad_norm: Any = None  # this step's gradient norm, as the Trainer computed it
         self._previous: dict[int, Any] = {}
         self.handler: Any = None  # the Trainer's CallbackHandler, set by attach()
+        self.saved: set[int] = set()  # steps this run saved a checkpoint at
 
     # --- signals --------------------------------------------------------------------------------------------
     def _handle(self, signum: int, frame: Any) -> None:
@@ -131,11 +131,6 @@ class ReliabilityCallback(TrainerCallback):
             os.kill(os.getpid(), signum)
             return
         self.signal_received = signum
-
-    def _restore_handlers(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler or signal.SIG_DFL)
-        self._previous.clear()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         try:
@@ -152,33 +147,49 @@ class ReliabilityCallback(TrainerCallback):
             name = signal.Signals(self.signal_received).name
             logger.warning("%s arrived after the last step: finishing the run; send it again to stop at once", name)
         else:
-            self._restore_handlers()
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler or signal.SIG_DFL)
 
     # --- loss check and agreement across ranks --------------------------------------------------------------
-    def watch(self, training_step: Any) -> Any:
+    def _note(self, value: Any, nan: int, inf: int) -> None:
         import torch
 
+        value = torch.as_tensor(value)
+        code = torch.maximum(torch.isnan(value).any().float() * nan, torch.isinf(value).any().float() * inf)
+        self._nonfinite = code if self._nonfinite is None else torch.maximum(self._nonfinite, code.to(self._nonfinite))
+
+    def watch(self, trainer: Any) -> None:
+        """Check each micro-batch's loss and keep each step's gradient norm (transformers 5 computes it always)."""
+        training_step, get_grad_norm = trainer.training_step, getattr(trainer, "_get_grad_norm", None)
+
         @functools.wraps(training_step)
-        def checked(*args: Any, **kwargs: Any) -> Any:
+        def checked_step(*args: Any, **kwargs: Any) -> Any:
             loss = training_step(*args, **kwargs)
-            code = torch.isnan(loss).any().float() * 2 + torch.isinf(loss).any().float()
-            self._nonfinite = code if self._nonfinite is None else torch.maximum(self._nonfinite, code)
+            self._note(loss.detach(), nan=4, inf=3)
             return loss
 
-        return checked
+        def kept_norm(*args: Any, **kwargs: Any) -> Any:
+            self._grad_norm = get_grad_norm(*args, **kwargs)
+            return self._grad_norm
 
-    def _close_progress_bars(self) -> None:
-        for callback in self.handler.callbacks if self.handler is not None else []:
+        trainer.training_step = checked_step
+        if get_grad_norm is not None:
+            trainer._get_grad_norm = kept_norm
+
+    def _fail(self, message: str) -> None:
+        for callback in self.handler.callbacks if self.handler is not None else []:  # so the error is the last line
             if getattr(callback, "training_bar", None) is not None:
                 callback.training_bar.close()
-                callback.training_bar = None
+        raise UserError(message)
 
     def _agree(self, args: Any) -> tuple[int, int]:
         """(signal, non-finite code), the maximum over all ranks: one tiny all-reduce and one sync per step."""
         import torch
 
-        nonfinite = self._nonfinite if self._nonfinite is not None else torch.zeros((), device=args.device)
-        self._nonfinite = None
+        if self._grad_norm is not None:  # (None for the optimizers that compute no norm)
+            self._note(self._grad_norm, nan=2, inf=1)
+        nonfinite = torch.zeros((), device=args.device) if self._nonfinite is None else self._nonfinite.to(args.device)
+        self._nonfinite = self._grad_norm = None
         flags = torch.stack([torch.full_like(nonfinite, float(self.signal_received)), nonfinite])
         dist = _distributed()
         if dist is not None:
@@ -191,23 +202,22 @@ class ReliabilityCallback(TrainerCallback):
         if not code:
             self.skipped_in_a_row = 0
             return
-        step, kind = state.global_step + 1, "nan" if code >= 2 else "inf"
+        step, what = state.global_step + 1, NONFINITE[code]
         if not getattr(args, "skip_nonfinite_batches", False):
-            self._close_progress_bars()  # so that the error is the last line, not a progress bar drawn at exit
-            raise UserError(
-                f"loss became {kind} at step {step}; stopped before updating the weights (nothing of this step is "
-                "saved). Lower --learning_rate, check the data, or pass --skip_nonfinite_batches"
+            self._fail(
+                f"{what} at step {step}; stopped before updating the weights (nothing of this step is saved). "
+                "Lower --learning_rate, check the data, or pass --skip_nonfinite_batches"
             )
         self.skipped_in_a_row += 1
         if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-            self._close_progress_bars()
-            raise UserError(f"loss was nan or inf for {self.skipped_in_a_row} steps in a row (last: step {step})")
+            self._fail(f"{what} at step {step}, the {MAX_SKIPPED_IN_A_ROW}th step in a row; stopped")
         optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are not updated
-        logger.warning("loss became %s at step %d: skipped this step's update (--skip_nonfinite_batches)", kind, step)
+        logger.warning("%s at step %d: skipped this step's update (--skip_nonfinite_batches)", what, step)
 
     # --- stopping and checkpoint markers ---------------------------------------------------------------------
-    def _before_save(self, args: Any, state: Any, control: Any) -> None:
-        if control.should_save and args.should_save:
+    def _forget_stale(self, args: Any, state: Any) -> None:
+        """A checkpoint of this step from an earlier run is not this run's: unmark it before it is overwritten."""
+        if args.should_save and state.global_step not in self.saved:
             unmark(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -216,12 +226,12 @@ class ReliabilityCallback(TrainerCallback):
             control.should_save = control.should_training_stop = True
             name = signal.Signals(self.stop_signal).name
             logger.warning("%s received: saving a checkpoint at step %d, then stopping", name, state.global_step)
-        self._before_save(args, state, control)
+        self._forget_stale(args, state)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.stopped_at is not None and self.stopped_at == state.global_step:
-            control.should_save = False  # saved at this step's end already
-        self._before_save(args, state, control)
+        if self.stopped_at is not None:
+            control.should_save = control.should_evaluate = False  # saved at the step's end already
+        self._forget_stale(args, state)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         dist = _distributed()
@@ -230,16 +240,21 @@ class ReliabilityCallback(TrainerCallback):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if args.should_save and checkpoint.is_dir():
             mark_complete(checkpoint, state.global_step)
+        self.saved.add(state.global_step)
         if dist is not None:
             dist.barrier()  # no rank exits before the marker is on disk
 
 
 def attach(trainer: Any) -> ReliabilityCallback:
-    """Give ``trainer`` complete checkpoints, a clean stop on SIGTERM/SIGINT and the non-finite loss check."""
+    """Give ``trainer`` complete checkpoints, a clean stop on SIGTERM/SIGINT and the non-finite loss check, and
+    keep ``--hub_token`` out of the files it saves."""
     callback = ReliabilityCallback()
     callback.handler = trainer.callback_handler
     trainer.add_callback(callback)
-    trainer.training_step = callback.watch(trainer.training_step)
+    if trainer.args.hub_token:  # the Trainer pickles its arguments into every training_args.bin, token and all
+        os.environ["HF_TOKEN"] = trainer.args.hub_token  # where huggingface_hub finds it for --push_to_hub
+        trainer.args.hub_token = None
+    callback.watch(trainer)
     return callback
 
 
@@ -250,11 +265,10 @@ def exit_if_stopped(trainer: Any) -> None:
         return
     checkpoint = Path(trainer.args.output_dir) / f"checkpoint-{callback.stopped_at}"
     if trainer.is_world_process_zero():
-        name = signal.Signals(callback.stop_signal).name
-        print(
-            f"stopped by {name} at step {callback.stopped_at}, checkpoint saved: "
-            f"rerun the same command to resume from {checkpoint}",
-            file=sys.stderr,
-            flush=True,
-        )
+        name, step = signal.Signals(callback.stop_signal).name, callback.stopped_at
+        resume = f"rerun the same command to resume from {checkpoint}"
+        print(f"stopped by {name} at step {step}, checkpoint saved: {resume}", file=sys.stderr, flush=True)
+    from finetuning.distributed import exit_if_process_group
+
+    exit_if_process_group(128 + callback.stop_signal)  # a rank of a process group leaves without finalization
     sys.exit(128 + callback.stop_signal)

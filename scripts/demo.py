@@ -43,14 +43,49 @@ def main() -> None:
     build_tiny_model("llama", tokenizer, base, hidden=64, layers=2, heads=4)
 
     adapter = OUTPUT / "tiny-llama-lora"
-    run("finetune_clm.py", "--model_name_or_path", base, "--train_file", DATA, "--output_dir", adapter,
+    run(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        base,
+        "--train_file",
+        DATA,
+        "--output_dir",
+        adapter,
         # lm_head too: a random base's output layer is too weak for confident answers (a pretrained one is not)
-        "--do_train", "--peft", "lora", "--lora_rank", "16", "--lora_alpha", "32", "--lora_target_modules",
-        *LORA_TARGETS, "--lora_dropout", "0", "--dataset_concatenation", "--max_seq_length", "256",
-        "--max_train_samples", TRAIN_RECORDS, "--per_device_train_batch_size", "6", "--num_train_epochs", "150",
-        "--learning_rate", "1e-2",
-        "--warmup_ratio", "0.05", "--logging_steps", "100", "--save_strategy", "no", "--overwrite_output_dir",
-        "--report_to", "none", "--disable_tqdm", "true")
+        "--do_train",
+        "--peft",
+        "lora",
+        "--lora_rank",
+        "16",
+        "--lora_alpha",
+        "32",
+        "--lora_target_modules",
+        *LORA_TARGETS,
+        "--lora_dropout",
+        "0",
+        "--dataset_concatenation",
+        "--max_seq_length",
+        "256",
+        "--max_train_samples",
+        TRAIN_RECORDS,
+        "--per_device_train_batch_size",
+        "6",
+        "--num_train_epochs",
+        "150",
+        "--learning_rate",
+        "1e-2",
+        "--warmup_ratio",
+        "0.05",
+        "--logging_steps",
+        "100",
+        "--save_strategy",
+        "no",
+        "--overwrite_output_dir",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    )
 
     run("inference.py", "--peft_model_path", adapter, "--max_new_tokens", "24", "--instructions", *QUESTIONS)
     print(f"\ndemo done: base model in {base.relative_to(REPO)}, adapter in {adapter.relative_to(REPO)}")
