@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,25 @@ def script_env() -> dict[str, str]:
         PYTHONPATH=str(REPO),
     )
     return env
+
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def launch_env() -> dict[str, str]:
+    """The scripts' usual environment without any launcher's variables, with a rendezvous port of its own."""
+    env = {
+        name: value
+        for name, value in script_env().items()
+        if name not in LAUNCH_VARIABLES and not name.startswith(("PMI_", "OMPI_", "MV2_", "TORCHELASTIC_"))
+    }
+    return env | {"MASTER_PORT": free_port()}
 
 
 def run_script(

@@ -14,20 +14,18 @@ adapter and the logged losses would all differ.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_script, sample_records, script_env
+from conftest import REPO, free_port, launch_env, run_script, sample_records
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 PER_DEVICE_BATCH = 2
 FLOAT32_TOLERANCE = 1e-5
-LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # Deterministic on every launcher: no dropout, float32 (no --bf16), fixed seed, data in file order.
 TRAINING = (
     "--do_train",
@@ -53,22 +51,6 @@ TRAINING = (
     "info",
 )
 DATA_REPORT = "train data: 24 samples read"
-
-
-def free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
-def launch_env() -> dict[str, str]:
-    """The scripts' usual environment without any launcher's variables, with a rendezvous port of its own."""
-    env = {
-        name: value
-        for name, value in script_env().items()
-        if name not in LAUNCH_VARIABLES and not name.startswith(("PMI_", "OMPI_", "MV2_", "TORCHELASTIC_"))
-    }
-    return env | {"MASTER_PORT": free_port()}
 
 
 def mpirun() -> list[str]:

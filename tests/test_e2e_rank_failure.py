@@ -13,36 +13,19 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, sample_records, script_env
+from conftest import REPO, launch_env, sample_records
 from processes import alive, children, environment_of, kill_all, start, wait_for
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 DEADLINE_S = 120  # every process of the job gone within this after the kill
-LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
-def launch_env() -> dict[str, str]:
-    env = {
-        name: value
-        for name, value in script_env().items()
-        if name not in LAUNCH_VARIABLES and not name.startswith(("PMI_", "OMPI_", "MV2_", "TORCHELASTIC_"))
-    }
-    return env | {"MASTER_PORT": free_port()}
 
 
 def launcher(name: str) -> list[str]:
