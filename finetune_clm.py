@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         PeftArguments,
         parse_arguments,
     )
-    from finetuning.collator import PaddingCollator
+    from finetuning.collator import PACKED_PAD_MULTIPLE, PaddingCollator
     from finetuning.data import load_splits
     from finetuning.distributed import setup_launch_environment
     from finetuning.encoding import encode_causal_record
@@ -71,13 +71,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_on_inputs=data_args.train_on_inputs,
         chat_template=data_args.chat_template,
     )
+    pack_block_size = packing_block_size(data_args, peft_args, config)
     train_dataset, eval_dataset = build_split_datasets(
         splits,
         encode,
         tokenizer=tokenizer,
         data_args=data_args,
         training_args=training_args,
-        pack_block_size=packing_block_size(data_args, peft_args, config),
+        pack_block_size=pack_block_size,
     )
 
     # model & PEFT
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model_args, AutoModelForCausalLM, config=config, dtype=dtype, tokenizer=tokenizer, seed=training_args.seed
     )
     model = apply_peft(model, peft_config, gradient_checkpointing=training_args.gradient_checkpointing)
-    optimize_for_training(model, training_args, enabled=training_args.auto_optimize)
+    optimize_for_training(model, training_args, enabled=training_args.auto_optimize, packed=pack_block_size is not None)
     training.log_run_summary(model, arguments)
 
     # trainer -> train / save / evaluate
@@ -97,7 +98,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        data_collator=PaddingCollator(
+            tokenizer.pad_token_id, pad_to_multiple_of=PACKED_PAD_MULTIPLE if pack_block_size else None
+        ),
         processing_class=tokenizer,
     )
     reliability.attach(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training

@@ -11,11 +11,12 @@ python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 
 what=${1:-all}
 if [[ $what == fixed || $what == all ]]; then
   python3 bench/train_throughput.py --preset llama7b --device cuda --seq 2048 --batch 4 --steps 10 --warmup 3 \
-    --variants "${FIXED_VARIANTS:-baseline,project,project+dropout0,project+compile,project+plain+liger}" \
+    --variants "${FIXED_VARIANTS:-baseline,project,project+nofuse,project+plain+liger,project+dropout05,project+ckpt}" \
     --json "$out/fixed.json" 2>&1 | grep -vE "Warning|warn\(" | tee "$out/fixed.log"
 fi
 if [[ $what == real || $what == all ]]; then
   python3 bench/train_throughput.py --preset llama7b --device cuda --seq 2048 --batch 4 --padded_batch 8 \
-    --steps 10 --warmup 3 --data real --data_dir .bench/data --layouts padded,naive,packed \
+    --steps 10 --warmup 3 --data real --data_dir .bench/data --layouts padmax,padded,naive,packed \
+    --variants "${REAL_VARIANTS:-project,project+noflex,project+noflex+noguard}" \
     --json "$out/real.json" 2>&1 | grep -vE "Warning|warn\(" | tee "$out/real.log"
 fi

@@ -53,9 +53,12 @@ def build_model(preset: str, device: str, dtype: Any, attn: str | None) -> Any:
         num_key_value_heads=kv_heads,
         vocab_size=vocab,
         max_position_embeddings=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
+        # The ids of finetuning.tiny_models.build_tokenizer (<s>, </s>, <unk>, <pad>). The pad row of a random
+        # embedding is zero: a zero vector at a sequence start stays zero through every layer, and RMSNorm's
+        # backward at zero multiplies the gradient by 1/sqrt(eps) per norm, inf after ~20 layers (NaN grads).
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=3,
     )
     torch.manual_seed(0)
     with torch.device(device):
@@ -66,7 +69,7 @@ def fixed_length_data(count: int, seq: int, vocab: int) -> list[dict[str, list[i
     rng = random.Random(0)
     samples = []
     for _ in range(count):
-        ids = [rng.randrange(3, vocab) for _ in range(seq)]
+        ids = [rng.randrange(4, vocab) for _ in range(seq)]  # no special ids
         samples.append({"input_ids": ids, "labels": list(ids)})
     return samples
 
@@ -97,8 +100,9 @@ def real_samples(
 
 
 def layout(samples: list[dict[str, list[int]]], kind: str, block: int) -> list[dict[str, list[int]]]:
-    """padded: one sample a row; naive: run_clm-style concatenation (samples see each other); packed: ours."""
-    if kind == "padded":
+    """padded: one sample a row (padmax: padded to the block, as the old scripts did); naive: run_clm-style
+    concatenation (samples see each other); packed: ours."""
+    if kind in ("padded", "padmax"):
         return samples
     if kind == "naive":
         ids = [token for sample in samples for token in sample["input_ids"]]
@@ -117,10 +121,10 @@ def layout(samples: list[dict[str, list[int]]], kind: str, block: int) -> list[d
 class CountingCollator:
     """The project's collator, recording the non-pad tokens of every batch it makes, in order."""
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
         from finetuning.collator import PaddingCollator
 
-        self.inner = PaddingCollator(pad_token_id)
+        self.inner = PaddingCollator(pad_token_id, pad_to_multiple_of)
         self.tokens: list[int] = []
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -129,12 +133,13 @@ class CountingCollator:
 
 
 def run_variant(
-    name: str, options: argparse.Namespace, samples: list[dict[str, list[int]]], batch: int
+    name: str, options: argparse.Namespace, samples: list[dict[str, list[int]]], batch: int, pad_to: int | None = None
 ) -> dict[str, Any]:
     import torch
     from transformers import Trainer, TrainerCallback
 
-    from finetuning.acceleration import optimize_for_training
+    from finetuning import acceleration
+    from finetuning.acceleration import fuse_lora_updates, optimize_for_training
     from finetuning.arguments import FinetuneTrainingArguments, PeftArguments
     from finetuning.peft_setup import apply_peft, build_peft_config
 
@@ -146,17 +151,23 @@ def run_variant(
     # under bf16 autocast (the plain recipe); the project loads a frozen base in bf16 (modeling.resolve_dtype).
     half_weights = bf16 and (cuda or project or "bf16w" in levers)
     model = build_model(options.preset, options.device, torch.bfloat16 if half_weights else torch.float32, options.attn)
+    # Dropout: PEFT's default (0) for the baseline, as the issue measured it; the project's own default.
+    dropout = 0.05 if "dropout05" in levers else PeftArguments.lora_dropout if project else 0.0
     peft_args = PeftArguments(
         peft="lora",
         lora_rank=options.lora_rank,
         lora_alpha=2 * options.lora_rank,
-        lora_dropout=0.0 if "dropout0" in levers else 0.05,
+        lora_dropout=dropout,
         lora_all_linear=True,
     )
-    model = apply_peft(model, build_peft_config(peft_args, model.config, task_type="CAUSAL_LM"))
+    checkpointing = "ckpt" in levers
+    model = apply_peft(
+        model, build_peft_config(peft_args, model.config, task_type="CAUSAL_LM"), gradient_checkpointing=checkpointing
+    )
+    batch = next((int(lever[1:]) for lever in levers if lever[:1] == "b" and lever[1:].isdigit()), batch)
     args = FinetuneTrainingArguments(
         output_dir=str(options.work / name),
-        per_device_train_batch_size=options.batch,
+        per_device_train_batch_size=batch,
         max_steps=options.warmup + options.steps,
         learning_rate=1e-4,
         logging_steps=1,
@@ -170,13 +181,25 @@ def run_variant(
         dataloader_pin_memory=cuda,
         auto_optimize=project,
         torch_compile="compile" in levers,
+        gradient_checkpointing=checkpointing,
         overwrite_output_dir=True,
         train_sampling_strategy="sequential",  # same batches in the same order for every variant
     )
-    applied = optimize_for_training(model, args, enabled=project and "plain" not in levers)
+    if "nofuse" in levers:  # measure the fused LoRA update by leaving it out
+        acceleration.fuse_lora_updates = lambda model: 0
+    packed = "position_ids" in samples[0]
+    applied = optimize_for_training(
+        model, args, enabled=project and "plain" not in levers, packed=packed and "noflex" not in levers
+    )
+    acceleration.fuse_lora_updates = fuse_lora_updates
+    if "noguard" in levers:  # measure the masked-attention guard by removing it (finetuning.acceleration)
+        from transformers import AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        AttentionInterface.register("sdpa", sdpa_attention_forward)
     if "liger" in levers and not args.use_liger_kernel:
         args.use_liger_kernel = True
-    collator = CountingCollator(pad_token_id=0)
+    collator = CountingCollator(pad_token_id=3, pad_to_multiple_of=pad_to)
     marks: dict[str, float] = {}
 
     class Clock(TrainerCallback):
@@ -203,6 +226,8 @@ def run_variant(
         "seconds": seconds,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
         "first_loss": losses[0] if losses else float("nan"),
+        # a step whose gradient norm is not finite trained nothing (cuDNN attention under masks, see acceleration)
+        "finite_grads": all(math.isfinite(e.get("grad_norm", 0.0)) for e in trainer.state.log_history),
         "applied": applied,
         "liger": args.use_liger_kernel,
     }
@@ -233,7 +258,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument(
         "--variants",
         default="baseline,project",
-        help="baseline | project, with +levers: dropout0, liger, compile, plain, bf16w",
+        help="baseline | project, with +levers: dropout05, liger, compile, plain, bf16w, nofuse, ckpt, noflex, noguard,"
+        " bN (batch N)",
     )
     parser.add_argument("--work", type=Path, default=REPO / ".bench")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -242,19 +268,29 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     vocab = PRESETS[options.preset][-1]
     runs: list[tuple[str, list[dict[str, list[int]]]]] = []
     if options.data == "fixed":
-        samples = fixed_length_data(options.batch * (options.warmup + options.steps), options.seq, vocab)
+        largest = max(
+            [options.batch] + [int(lever[1:]) for lever in options.variants.split("+") if lever[1:].isdigit()]
+        )
+        samples = fixed_length_data(largest * (options.warmup + options.steps), options.seq, vocab)
         runs = [(variant, samples) for variant in options.variants.split(",")]
     else:
         real = real_samples(
             options.data_dir, options.work / f"tokenizer-{vocab}", options.seq, limit=20000, vocab=vocab
         )
+        # padded and naive are the baseline's layouts; every project variant trains on the packed one
+        project_variants = [variant for variant in options.variants.split(",") if variant.startswith("project")]
         for kind in options.layouts.split(","):
-            variant = options.variants.split(",")[-1] if kind == "packed" else "baseline"
-            runs.append((f"{variant}:{kind}", layout(real, kind, options.seq)))
+            samples = layout(real, kind, options.seq)
+            for variant in project_variants if kind == "packed" else ["baseline"]:
+                runs.append((f"{variant}:{kind}", samples))
+    from finetuning.collator import PACKED_PAD_MULTIPLE
+
     results = []
     for name, samples in runs:
         variant, _, kind = name.partition(":")
-        result = run_variant(variant, options, samples, options.padded_batch if kind == "padded" else options.batch)
+        padded = kind in ("padded", "padmax")
+        pad_to = {"packed": PACKED_PAD_MULTIPLE, "padmax": options.seq}.get(kind)  # packed: as finetune_clm
+        result = run_variant(variant, options, samples, options.padded_batch if padded else options.batch, pad_to)
         result["variant"] = name
         results.append(result)
         if int(os.environ.get("RANK", "0")) == 0:
@@ -262,11 +298,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if int(os.environ.get("RANK", "0")) != 0:  # one report per job
         return results
     base = results[0]["tokens_per_s"]
-    print(f"\n{'variant':32} {'tokens/s':>10} {'ratio':>6} {'peak GiB':>9} {'MFU':>6} {'first loss':>10}")
+    print(f"\n{'variant':32} {'tokens/s':>10} {'ratio':>6} {'peak GiB':>9} {'MFU':>6} {'first loss':>10} grads")
     for result in results:
         print(
             f"{result['variant']:32} {result['tokens_per_s']:10.0f} {result['tokens_per_s'] / base:6.2f} "
-            f"{result['peak_gib']:9.1f} {100 * result['mfu']:5.1f}% {result['first_loss']:10.4f}"
+            f"{result['peak_gib']:9.1f} {100 * result['mfu']:5.1f}% {result['first_loss']:10.4f} "
+            f"{'finite' if result['finite_grads'] else 'NaN'}"
         )
     if options.json:
         options.json.write_text(json.dumps(results, indent=2))

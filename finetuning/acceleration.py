@@ -1,7 +1,19 @@
-"""Speed-ups that change no result beyond rounding, switched on by default (``--auto_optimize``).
+"""Kernel choices for training: speed-ups that change no result beyond rounding, on by default
+(``--auto_optimize``), and one guard that is always on.
+
+Guard: on CUDA, attention that carries a mask (padded batches, packed blocks under SDPA) never runs cuDNN's
+SDPA kernel, whose backward returns NaN gradients where a row's scores are all very negative and the length
+is 64 past a multiple of 128 (pytorch/pytorch#196678, torch 2.11 to 2.13 on H100/H200; seen in DPO runs of
+Qwen2.5). Unmasked attention keeps cuDNN; masked attention runs the memory-efficient kernel instead, 23%
+slower on packed 7B data, which FlexAttention makes moot for packed runs (docs/performance.md).
 
 Users should get a fast run without knowing the switches, and every switch here is safe to leave on:
 
+* LoRA layers add their update inside the matrix product: ``addmm(base_output, x A^T, B^T, alpha=scaling)``
+  instead of PEFT's separate scale and add, two full-size passes over each adapted layer's output fewer (each
+  way), and no float32 copy of the input.
+* On CUDA, packed blocks attend through FlexAttention: a block-sparse kernel that skips the tiles where one
+  sample would meet another, where SDPA would run a dense masked kernel over the whole block.
 * LoRA inputs stay in the autocast dtype. PEFT casts each adapted layer's input to the adapter's float32
   before the adapter's matmul, which autocast immediately casts back to bf16: a full-size float32 copy of
   the activation per adapted layer (memory traffic, and memory kept for backward) that changes nothing.
@@ -48,6 +60,91 @@ def keep_lora_inputs_in_compute_dtype(model: Any) -> int:
     return switched
 
 
+def fuse_lora_updates(model: Any) -> int:
+    """Give each plain LoRA linear layer the fused forward; returns how many layers got it.
+
+    The fused path runs only for the case it reproduces exactly: one active, unmerged, plain LoRA adapter
+    (no DoRA or other variant) and either autocast on or one dtype throughout. Anything else (adapters
+    disabled, several adapters, mixed-batch inference) goes through PEFT's own forward, decided per call.
+    """
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
+        return 0
+    fused = 0
+    for module in model.modules():
+        if type(module) is LoraLinear and not getattr(module, "_fused_lora_update", False):
+            module.forward = _fused_forward(module, module.forward)
+            module._fused_lora_update = True
+            fused += 1
+    return fused
+
+
+def _fused_forward(layer: Any, peft_forward: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
+        active = layer.active_adapters
+        if args or kwargs or layer.disable_adapters or layer.merged or len(active) != 1:
+            return peft_forward(x, *args, **kwargs)
+        name = active[0]
+        if name not in layer.lora_A or name in layer.lora_variant:
+            return peft_forward(x, *args, **kwargs)
+        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if not autocast and not (x.dtype == a.dtype == b.dtype == layer.base_layer.weight.dtype):
+            return peft_forward(x, *args, **kwargs)
+        result = layer.base_layer(x)
+        down = F.linear(layer.lora_dropout[name](x), a)
+        flat = torch.addmm(
+            result.reshape(-1, result.shape[-1]), down.reshape(-1, down.shape[-1]), b.t(), alpha=layer.scaling[name]
+        )
+        return flat.view(result.shape)
+
+    return forward
+
+
+def avoid_cudnn_attention_with_masks() -> bool:
+    """Route masked SDPA calls around cuDNN (see the module's docstring); True once installed."""
+    import torch
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not torch.cuda.is_available():
+        return False
+    current = AttentionInterface._global_mapping["sdpa"]
+    if getattr(current, "_avoids_cudnn_with_masks", False):
+        return True
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+    def sdpa_without_cudnn_under_masks(
+        module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
+    ) -> Any:
+        if attention_mask is None or query.device.type != "cuda":
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        with sdpa_kernel(backends):
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    sdpa_without_cudnn_under_masks._avoids_cudnn_with_masks = True
+    AttentionInterface.register("sdpa", sdpa_without_cudnn_under_masks)
+    return True
+
+
+def use_flex_attention(model: Any) -> bool:
+    """Switch an SDPA model to FlexAttention; False (and unchanged) where the architecture has none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base.config._attn_implementation != "sdpa":
+        return False  # eager-only architectures, or the user's own choice
+    try:
+        base.set_attn_implementation("flex_attention")
+    except (ValueError, ImportError):
+        return False
+    return base.config._attn_implementation == "flex_attention"  # some models only warn that they cannot
+
+
 def liger_supports(model_type: str) -> bool:
     """Whether liger-kernel is installed and has kernels for this architecture."""
     if importlib.util.find_spec("liger_kernel") is None:
@@ -57,12 +154,19 @@ def liger_supports(model_type: str) -> bool:
     return model_type in MODEL_TYPE_TO_APPLY_LIGER_FN
 
 
-def optimize_for_training(model: Any, training_args: Any, *, enabled: bool) -> list[str]:
+def optimize_for_training(model: Any, training_args: Any, *, enabled: bool, packed: bool = False) -> list[str]:
     """Apply the safe speed-ups for this device; returns their names (for the log). Call before the Trainer
-    is built: it reads ``use_liger_kernel`` when constructed."""
+    is built: it reads ``use_liger_kernel`` when constructed. The attention guard is applied whatever
+    ``enabled`` says."""
+    if not training_args.use_cpu:
+        avoid_cudnn_attention_with_masks()
     if not enabled:
         return []
     applied = []
+    if fuse_lora_updates(model):
+        applied.append("LoRA updates fused into one matrix product")
+    if packed and _uses_cuda(training_args) and use_flex_attention(model):
+        applied.append("FlexAttention over packed blocks")
     if (training_args.bf16 or training_args.fp16) and keep_lora_inputs_in_compute_dtype(model):
         applied.append("LoRA inputs kept in the autocast dtype")
     if training_args.ddp_find_unused_parameters is None and training_args.world_size > 1:

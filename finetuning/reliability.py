@@ -154,7 +154,8 @@ class ReliabilityCallback(TrainerCallback):
     def _note(self, value: Any, nan: int, inf: int) -> None:
         import torch
 
-        value = torch.as_tensor(value)
+        # FSDP2's gradient norm is a DTensor, which has no all-reduce of its own: use its global value
+        value = value.full_tensor() if hasattr(value, "full_tensor") else torch.as_tensor(value)
         code = torch.maximum(torch.isnan(value).any().float() * nan, torch.isinf(value).any().float() * inf)
         self._nonfinite = code if self._nonfinite is None else torch.maximum(self._nonfinite, code.to(self._nonfinite))
 

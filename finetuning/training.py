@@ -96,6 +96,49 @@ def save_run_arguments(output_dir: str, arguments: tuple[Any, ...]) -> None:
     (Path(output_dir) / RUN_ARGUMENTS_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def throughput_meter(skip_steps: int = 3) -> Any:
+    """A callback that adds steady-state speed to the train metrics.
+
+    ``train_tokens_per_second`` of the Trainer divides by the whole run, start-up and first (compiling,
+    autotuning) steps included, which hides what a longer run will do. This one counts from the end of step
+    ``skip_steps`` (fewer on a short run): non-pad tokens per second summed over ranks when
+    ``--include_num_input_tokens_seen non_padding`` (or ``all``) is on, and each run's peak accelerator memory.
+    """
+    import time
+
+    import torch
+    from transformers import TrainerCallback
+
+    class ThroughputMeter(TrainerCallback):
+        def __init__(self) -> None:
+            self.start: tuple[int, float, int] | None = None
+            self.end: tuple[int, float, int] | None = None
+            self.metrics: dict[str, float] = {}
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            first = state.global_step <= min(skip_steps, state.max_steps // 4)
+            if (first or state.global_step == state.max_steps) and args.device.type in ("cuda", "xpu"):
+                getattr(torch, args.device.type).synchronize()  # the device runs behind the Python loop
+            mark = (state.global_step, time.perf_counter(), state.num_input_tokens_seen)
+            if first:
+                self.start = mark
+            self.end = mark
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.start and self.end and self.end[0] > self.start[0]:
+                seconds = self.end[1] - self.start[1]
+                self.metrics["train_steady_steps_per_second"] = round((self.end[0] - self.start[0]) / seconds, 4)
+                if self.end[2] > self.start[2]:
+                    self.metrics["train_steady_tokens_per_second"] = round((self.end[2] - self.start[2]) / seconds, 1)
+            accelerator = getattr(torch, args.device.type, None)
+            if args.device.type in ("cuda", "xpu") and accelerator.is_available():
+                self.metrics["train_peak_memory_gib"] = round(accelerator.max_memory_allocated() / 2**30, 2)
+            if self.metrics and state.is_world_process_zero:
+                logger.info("steady state (after step %d): %s", self.start[0] if self.start else 0, self.metrics)
+
+    return ThroughputMeter()
+
+
 def train_and_save(
     trainer: Any, *, arguments: tuple[Any, ...], data_args: Any, resume_from: str | None, train_samples: int
 ) -> dict[str, float]:
@@ -103,10 +146,12 @@ def train_and_save(
     from finetuning import reliability
 
     training_args = trainer.args
+    meter = throughput_meter()
+    trainer.add_callback(meter)
     result = trainer.train(resume_from_checkpoint=resume_from)
     reliability.exit_if_stopped(trainer)  # stopped by SIGTERM/SIGINT: a checkpoint, not a finished run
     trainer.save_model()
-    metrics = dict(result.metrics)
+    metrics = dict(result.metrics) | meter.metrics
     metrics["train_samples"] = train_samples
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)

@@ -28,7 +28,7 @@ def test_defaults_match_the_scripts_this_suite_replaces(tmp_path):
     model, data, peft, training = parse("--output_dir", str(tmp_path))
     assert model.trust_remote_code is False
     assert (data.max_seq_length, data.train_on_inputs, data.prompt_template) == (512, False, "alpaca")
-    assert (peft.peft, peft.lora_rank, peft.lora_alpha, peft.lora_dropout) == ("lora", 8, 16, 0.05)
+    assert (peft.peft, peft.lora_rank, peft.lora_alpha, peft.lora_dropout) == ("lora", 8, 16, 0.0)
     assert (peft.num_virtual_tokens, peft.ptun_hidden_size, peft.adapter_layers, peft.adapter_len) == (10, 1024, 30, 10)
     assert training.overwrite_output_dir is False
 

@@ -627,3 +627,21 @@ def test_mpirun_on_a_host_without_accelerators_gives_transformers_one_job(tmp_pa
 
     assert outputs["raw"] == ["rank=0 world=1 mode=not_parallel"] * 2
     assert outputs["mapped"] == ["rank=0 world=2 mode=distributed", "rank=1 world=2 mode=distributed"]
+
+
+def test_run_mpi_cpu_defaults_to_a_rank_per_four_cores_at_least_one_per_socket(fake_mpirun):
+    mpirun = fake_mpirun("hydra")
+    default = dry_run("run_mpi_cpu.sh", "x.py", MPIRUN=mpirun)
+    one_core = dry_run("run_mpi_cpu.sh", "x.py", MPIRUN=mpirun, CORES_PER_RANK="1")
+    assert default.returncode == 0 and one_core.returncode == 0, default.stderr + one_core.stderr
+
+    def split(result):  # (ranks per node, threads per rank) from the command line
+        words = result.stderr.splitlines()[-1].split()
+        return int(words[words.index("-ppn") + 1]), int(words[words.index("OMP_NUM_THREADS") + 1])
+
+    cores, threads = split(one_core)
+    assert threads == 1  # a rank per physical core
+    ranks, threads = split(default)  # cores // 4 ranks, more only where the node has more sockets
+    assert ranks >= max(1, cores // 4) and threads == max(1, cores // ranks)
+    bad = dry_run("run_mpi_cpu.sh", "x.py", MPIRUN=mpirun, CORES_PER_RANK="four")
+    assert bad.returncode == 2 and "CORES_PER_RANK must be a positive integer" in bad.stderr

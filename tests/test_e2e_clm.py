@@ -75,6 +75,21 @@ def test_command_line_1_llama_lora_packed(run, tiny_model, sample_file, tmp_path
     assert "train data: 24 samples read" in result.stdout and "packed into" in result.stdout
 
 
+def test_train_metrics_count_every_real_token_and_report_steady_throughput(run, tiny_model, sample_file, tmp_path):
+    output = tmp_path / "throughput"
+    result = run(
+        "finetune_clm.py",
+        *("--model_name_or_path", tiny_model("llama"), "--train_file", sample_file, "--output_dir", output),
+        *("--do_train", "--dataset_concatenation", "--max_seq_length", "128", "--per_device_train_batch_size", "1"),
+        *("--num_train_epochs", "1", "--save_strategy", "no", "--include_num_input_tokens_seen", "non_padding"),
+    )
+    assert_ok(result)
+    metrics = json.loads((output / "train_results.json").read_text())
+    data_tokens = int(result.stdout.split(" tokens (")[0].rsplit(" ", 1)[-1])  # from the data report
+    assert metrics["num_input_tokens_seen"] == data_tokens  # one epoch: every token once, no padding counted
+    assert metrics["train_steady_tokens_per_second"] > 0 and metrics["train_steady_steps_per_second"] > 0
+
+
 @pytest.mark.slow
 def test_command_line_2_mpt_with_remote_code_flag_and_separate_tokenizer(run, tiny_model, sample_file, tmp_path):
     output = tmp_path / "mpt_peft_finetuned_model"

@@ -163,3 +163,20 @@ def test_packing_falls_back_where_it_would_not_be_exact(method, architecture, pa
     data_args = SimpleNamespace(dataset_concatenation=True, max_seq_length=64)
     block = packing_block_size(data_args, SimpleNamespace(peft=method), SimpleNamespace(model_type=architecture))
     assert block == (64 if packs else None)
+
+
+@pytest.mark.slow  # compiles the FlexAttention kernels (about 30 s on two cores)
+def test_packed_equals_unpacked_under_flex_attention(tiny_tokenizer, samples):
+    """The attention finetune_clm.py switches packed CUDA runs to (acceleration.use_flex_attention) keeps each
+    sample to itself too. Checked forward on the CPU: FlexAttention has no CPU backward."""
+    import transformers
+
+    from finetuning.acceleration import use_flex_attention
+    from finetuning.tiny_models import build_config
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(build_config("llama", tiny_tokenizer)).float().eval()
+    assert use_flex_attention(model) and model.config._attn_implementation == "flex_attention"
+    assert_packed_equals_unpacked(model, samples)
+    gpt2 = transformers.AutoModelForCausalLM.from_config(build_config("gpt2", tiny_tokenizer))
+    assert not use_flex_attention(gpt2) and gpt2.config._attn_implementation == "sdpa"  # no flex: unchanged

@@ -378,3 +378,24 @@ def test_skip_nonfinite_batches_skips_their_updates_instead(run, tiny_model, tra
     skipped = re.findall(r"became (?:nan|inf) at step (\d+): skipped this step's update", result.stdout)
     assert skipped == ["2", "3", "4", "5", "6"], result.stdout[-3000:]
     assert finite_adapter(output)
+
+
+def test_a_sharded_gradient_norm_is_checked_by_its_global_value():
+    """FSDP2 returns the gradient norm as a DTensor, which the per-step all-reduce cannot take: its full value
+    is what the check reads (a 7B FSDP run stopped at step 1 on this before)."""
+    import torch
+
+    from finetuning.reliability import ReliabilityCallback
+
+    class ShardedNorm:  # the one DTensor method the check relies on
+        def __init__(self, value: float) -> None:
+            self.value = value
+
+        def full_tensor(self):
+            return torch.tensor(self.value)
+
+    callback = ReliabilityCallback()
+    callback._note(ShardedNorm(1.5), nan=2, inf=1)
+    assert callback._nonfinite.item() == 0
+    callback._note(ShardedNorm(float("nan")), nan=2, inf=1)
+    assert callback._nonfinite.item() == 2
