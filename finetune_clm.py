@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         PeftArguments,
         parse_arguments,
     )
-    from finetuning.collator import PACKED_PAD_MULTIPLE, PaddingCollator
+    from finetuning.collator import PaddingCollator
     from finetuning.data import load_splits
     from finetuning.distributed import setup_launch_environment
     from finetuning.encoding import encode_causal_record
@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=PaddingCollator(
-            tokenizer.pad_token_id, pad_to_multiple_of=PACKED_PAD_MULTIPLE if pack_block_size else None
-        ),
+        data_collator=PaddingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
     reliability.attach(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training

@@ -283,13 +283,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             samples = layout(real, kind, options.seq)
             for variant in project_variants if kind == "packed" else ["baseline"]:
                 runs.append((f"{variant}:{kind}", samples))
-    from finetuning.collator import PACKED_PAD_MULTIPLE
-
     results = []
     for name, samples in runs:
         variant, _, kind = name.partition(":")
         padded = kind in ("padded", "padmax")
-        pad_to = {"packed": PACKED_PAD_MULTIPLE, "padmax": options.seq}.get(kind)  # packed: as finetune_clm
+        pad_to = options.seq if kind == "padmax" else None  # packed rows: the collator's own multiple
         result = run_variant(variant, options, samples, options.padded_batch if padded else options.batch, pad_to)
         result["variant"] = name
         results.append(result)

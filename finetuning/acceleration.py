@@ -123,7 +123,7 @@ def avoid_cudnn_attention_with_masks() -> bool:
     def sdpa_without_cudnn_under_masks(
         module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
     ) -> Any:
-        if attention_mask is None or query.device.type != "cuda":
+        if attention_mask is None:
             return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
         with sdpa_kernel(backends):
             return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)

@@ -19,7 +19,8 @@ PACKED_PAD_MULTIPLE = 128
 
 @dataclass
 class PaddingCollator:
-    """Right-pads each batch to its longest member (rounded up to ``pad_to_multiple_of``).
+    """Right-pads each batch to its longest member (rounded up to ``pad_to_multiple_of``; packed batches to
+    ``PACKED_PAD_MULTIPLE`` unless it is given).
 
     Padded samples get an ``attention_mask``. Packed blocks (which carry ``position_ids``) get none, so the
     model derives the per-sample causal mask from the restarting position ids; their padding tail forms a
@@ -33,10 +34,11 @@ class PaddingCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        longest = max(len(feature["input_ids"]) for feature in features)
-        if self.pad_to_multiple_of:
-            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         packed = "position_ids" in features[0]
+        multiple = self.pad_to_multiple_of or (PACKED_PAD_MULTIPLE if packed else None)
+        longest = max(len(feature["input_ids"]) for feature in features)
+        if multiple:
+            longest = -(-longest // multiple) * multiple
         batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
         batch["position_ids" if packed else "attention_mask"] = []
         for feature in features:

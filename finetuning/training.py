@@ -9,8 +9,11 @@ import json
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+from transformers import TrainerCallback
 
 from finetuning.errors import UserError
 from finetuning.templates import save_template_name
@@ -96,47 +99,49 @@ def save_run_arguments(output_dir: str, arguments: tuple[Any, ...]) -> None:
     (Path(output_dir) / RUN_ARGUMENTS_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def throughput_meter(skip_steps: int = 3) -> Any:
-    """A callback that adds steady-state speed to the train metrics.
+def _accelerator(args: Any) -> Any:
+    """``torch.cuda`` or ``torch.xpu`` when the run trains on one, else None."""
+    import torch
+
+    return getattr(torch, args.device.type) if args.device.type in ("cuda", "xpu") else None
+
+
+class ThroughputMeter(TrainerCallback):
+    """Adds steady-state speed to the train metrics.
 
     ``train_tokens_per_second`` of the Trainer divides by the whole run, start-up and first (compiling,
     autotuning) steps included, which hides what a longer run will do. This one counts from the end of step
     ``skip_steps`` (fewer on a short run): non-pad tokens per second summed over ranks when
     ``--include_num_input_tokens_seen non_padding`` (or ``all``) is on, and each run's peak accelerator memory.
     """
-    import time
 
-    import torch
-    from transformers import TrainerCallback
+    def __init__(self, skip_steps: int = 3) -> None:
+        self.skip_steps = skip_steps
+        self.start: tuple[int, float, int] | None = None  # (step, time, tokens seen) at the end of that step
+        self.end: tuple[int, float, int] | None = None
+        self.metrics: dict[str, float] = {}
 
-    class ThroughputMeter(TrainerCallback):
-        def __init__(self) -> None:
-            self.start: tuple[int, float, int] | None = None
-            self.end: tuple[int, float, int] | None = None
-            self.metrics: dict[str, float] = {}
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        first = state.global_step <= min(self.skip_steps, state.max_steps // 4)
+        accelerator = _accelerator(args)
+        if (first or state.global_step == state.max_steps) and accelerator is not None:
+            accelerator.synchronize()  # the device runs behind the Python loop
+        mark = (state.global_step, time.perf_counter(), state.num_input_tokens_seen)
+        if first:
+            self.start = mark
+        self.end = mark
 
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            first = state.global_step <= min(skip_steps, state.max_steps // 4)
-            if (first or state.global_step == state.max_steps) and args.device.type in ("cuda", "xpu"):
-                getattr(torch, args.device.type).synchronize()  # the device runs behind the Python loop
-            mark = (state.global_step, time.perf_counter(), state.num_input_tokens_seen)
-            if first:
-                self.start = mark
-            self.end = mark
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if self.start and self.end and self.end[0] > self.start[0]:
-                seconds = self.end[1] - self.start[1]
-                self.metrics["train_steady_steps_per_second"] = round((self.end[0] - self.start[0]) / seconds, 4)
-                if self.end[2] > self.start[2]:
-                    self.metrics["train_steady_tokens_per_second"] = round((self.end[2] - self.start[2]) / seconds, 1)
-            accelerator = getattr(torch, args.device.type, None)
-            if args.device.type in ("cuda", "xpu") and accelerator.is_available():
-                self.metrics["train_peak_memory_gib"] = round(accelerator.max_memory_allocated() / 2**30, 2)
-            if self.metrics and state.is_world_process_zero:
-                logger.info("steady state (after step %d): %s", self.start[0] if self.start else 0, self.metrics)
-
-    return ThroughputMeter()
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.start and self.end and self.end[0] > self.start[0]:
+            seconds = self.end[1] - self.start[1]
+            self.metrics["train_steady_steps_per_second"] = round((self.end[0] - self.start[0]) / seconds, 4)
+            if self.end[2] > self.start[2]:
+                self.metrics["train_steady_tokens_per_second"] = round((self.end[2] - self.start[2]) / seconds, 1)
+        accelerator = _accelerator(args)
+        if accelerator is not None and accelerator.is_available():
+            self.metrics["train_peak_memory_gib"] = round(accelerator.max_memory_allocated() / 2**30, 2)
+        if self.metrics and state.is_world_process_zero:
+            logger.info("steady state (after step %d): %s", self.start[0] if self.start else 0, self.metrics)
 
 
 def train_and_save(
@@ -146,7 +151,7 @@ def train_and_save(
     from finetuning import reliability
 
     training_args = trainer.args
-    meter = throughput_meter()
+    meter = ThroughputMeter()
     trainer.add_callback(meter)
     result = trainer.train(resume_from_checkpoint=resume_from)
     reliability.exit_if_stopped(trainer)  # stopped by SIGTERM/SIGINT: a checkpoint, not a finished run

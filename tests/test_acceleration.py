@@ -133,11 +133,24 @@ def test_fused_lora_layers_fall_back_to_peft_where_they_do_not_apply(tiny_tokeni
 def test_masked_attention_avoids_cudnn_and_unmasked_attention_is_untouched(monkeypatch):
     """The guard against cuDNN's NaN attention backward (pytorch/pytorch#196678): installed once, on CUDA only,
     and the same attention whatever it routes."""
+    import contextlib
+
+    import torch.nn.attention
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from finetuning.acceleration import avoid_cudnn_attention_with_masks
 
+    allowed_backends = []  # one entry per call routed through sdpa_kernel
+    real_sdpa_kernel = torch.nn.attention.sdpa_kernel
+
+    @contextlib.contextmanager
+    def recording_sdpa_kernel(backends, *args, **kwargs):
+        allowed_backends.append(list(backends))
+        with real_sdpa_kernel(backends, *args, **kwargs):
+            yield
+
+    monkeypatch.setattr(torch.nn.attention, "sdpa_kernel", recording_sdpa_kernel)
     monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", sdpa_attention_forward)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert avoid_cudnn_attention_with_masks() is False
@@ -155,3 +168,7 @@ def test_masked_attention_avoids_cudnn_and_unmasked_attention_is_untouched(monke
         expected, _ = sdpa_attention_forward(module, query, key, value, attention_mask)
         routed, _ = guarded(module, query, key, value, attention_mask)
         assert torch.equal(routed, expected)
+    # only the masked call was restricted, and cuDNN was not among the kernels it allowed
+    assert len(allowed_backends) == 1
+    assert torch.nn.attention.SDPBackend.CUDNN_ATTENTION not in allowed_backends[0]
+    assert torch.nn.attention.SDPBackend.EFFICIENT_ATTENTION in allowed_backends[0]

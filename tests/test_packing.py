@@ -65,10 +65,13 @@ def test_collator_pads_labels_by_position_and_never_from_ids(samples):
     assert set(batch["labels"][shorter].tolist()[length:]) <= {IGNORE_INDEX}
     assert batch["attention_mask"][shorter].sum().item() == length
     packed = pack_batch(as_columns(samples), block_size=256)
-    packed_batch = collator(
-        [{k: packed[k][i] for k in ("input_ids", "labels", "position_ids")} for i in range(len(packed["input_ids"]))]
-    )
+    rows = [{k: packed[k][i] for k in ("input_ids", "labels", "position_ids")} for i in range(len(packed["input_ids"]))]
+    packed_batch = collator(rows)
     assert "attention_mask" not in packed_batch and packed_batch["use_cache"] is False
+    # a packed row of 200 tokens is padded to 256, the next multiple of 128 (few shapes for compiled kernels)
+    short = collator([{key: value[:200] for key, value in rows[0].items()}])
+    assert short["input_ids"].shape[1] == 256
+    assert set(short["labels"][0, 200:].tolist()) == {IGNORE_INDEX}
 
 
 def token_weighted_loss(model, batch) -> tuple[float, int]:
