@@ -24,38 +24,44 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from transformers import AutoModelForCausalLM, Trainer
 
-    from finetuning import modeling, reliability, training
-    from finetuning.acceleration import optimize_for_training
-    from finetuning.arguments import (
-        DataArguments,
-        FinetuneTrainingArguments,
-        ModelArguments,
-        PeftArguments,
-        parse_arguments,
+    from finetuning.cli import parse_arguments
+    from finetuning.data.arguments import DataArguments
+    from finetuning.data.collator import PaddingCollator
+    from finetuning.data.encoding import encode_causal_record
+    from finetuning.data.preprocessing import build_split_datasets
+    from finetuning.data.splits import load_splits
+    from finetuning.data.templates import get_template
+    from finetuning.launch.environment import setup_launch_environment
+    from finetuning.model.acceleration import optimize_for_training
+    from finetuning.model.arguments import ModelArguments, PeftArguments
+    from finetuning.model.loading import added_token_ids, load_config, load_model, load_tokenizer, resolve_dtype
+    from finetuning.model.packing_support import packing_block_size
+    from finetuning.model.peft_setup import apply_peft, build_peft_config
+    from finetuning.training import reliability
+    from finetuning.training.arguments import FinetuneTrainingArguments
+    from finetuning.training.run import (
+        evaluate_and_save,
+        log_run_summary,
+        resolve_resume_checkpoint,
+        setup_logging,
+        train_and_save,
     )
-    from finetuning.collator import PaddingCollator
-    from finetuning.data import load_splits
-    from finetuning.distributed import setup_launch_environment
-    from finetuning.encoding import encode_causal_record
-    from finetuning.peft_setup import apply_peft, build_peft_config
-    from finetuning.preprocessing import build_split_datasets, packing_block_size
-    from finetuning.templates import get_template
 
     # launch environment -> arguments
     setup_launch_environment()
     arguments = parse_arguments((ModelArguments, DataArguments, PeftArguments, FinetuneTrainingArguments), argv)
     model_args, data_args, peft_args, training_args = arguments
-    training.setup_logging(training_args)
-    resume_from = training.resolve_resume_checkpoint(training_args)
+    setup_logging(training_args)
+    resume_from = resolve_resume_checkpoint(training_args)
 
     # model config & tokenizer: cheap, and enough to refuse a method the architecture cannot take
-    config = modeling.load_config(model_args)
-    tokenizer = modeling.load_tokenizer(model_args, special_tokens=data_args.special_tokens)
+    config = load_config(model_args)
+    tokenizer = load_tokenizer(model_args, special_tokens=data_args.special_tokens)
     peft_config = build_peft_config(
         peft_args,
         config,
         task_type="CAUSAL_LM",
-        new_token_ids=modeling.added_token_ids(tokenizer, data_args.special_tokens),
+        new_token_ids=added_token_ids(tokenizer, data_args.special_tokens),
     )
 
     # data
@@ -82,15 +88,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
 
     # model & PEFT
-    dtype = modeling.resolve_dtype(
+    dtype = resolve_dtype(
         model_args.torch_dtype, bf16=training_args.bf16, fp16=training_args.fp16, frozen_base=peft_config is not None
     )
-    model = modeling.load_model(
+    model = load_model(
         model_args, AutoModelForCausalLM, config=config, dtype=dtype, tokenizer=tokenizer, seed=training_args.seed
     )
     model = apply_peft(model, peft_config, gradient_checkpointing=training_args.gradient_checkpointing)
     optimize_for_training(model, training_args, enabled=training_args.auto_optimize, packed=pack_block_size is not None)
-    training.log_run_summary(model, arguments)
+    log_run_summary(model, arguments)
 
     # trainer -> train / save / evaluate
     trainer = Trainer(
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     reliability.attach(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training
     metrics: dict[str, float] = {}
     if training_args.do_train:
-        metrics |= training.train_and_save(
+        metrics |= train_and_save(
             trainer,
             arguments=arguments,
             data_args=data_args,
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             train_samples=len(splits.train.records),
         )
     if training_args.do_eval:
-        metrics |= training.evaluate_and_save(trainer, eval_samples=len(splits.validation.records))
+        metrics |= evaluate_and_save(trainer, eval_samples=len(splits.validation.records))
     return metrics
 
 

@@ -27,29 +27,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from transformers import AutoModelForSeq2SeqLM
 
-    from finetuning import modeling, reliability, training
-    from finetuning.acceleration import optimize_for_training
-    from finetuning.arguments import (
-        ModelArguments,
-        PeftArguments,
-        Seq2SeqDataArguments,
-        Seq2SeqFinetuneTrainingArguments,
-        parse_arguments,
+    from finetuning.cli import parse_arguments
+    from finetuning.data.arguments import Seq2SeqDataArguments
+    from finetuning.data.preprocessing import build_split_datasets
+    from finetuning.data.seq2seq import Seq2SeqPaddingCollator, encode_seq2seq_record
+    from finetuning.data.splits import load_splits
+    from finetuning.data.templates import get_template
+    from finetuning.launch.environment import setup_launch_environment
+    from finetuning.model.acceleration import optimize_for_training
+    from finetuning.model.arguments import ModelArguments, PeftArguments
+    from finetuning.model.loading import added_token_ids, load_config, load_model, load_tokenizer, resolve_dtype
+    from finetuning.model.peft_setup import apply_peft, build_peft_config
+    from finetuning.training import reliability
+    from finetuning.training.arguments import Seq2SeqFinetuneTrainingArguments
+    from finetuning.training.run import (
+        evaluate_and_save,
+        log_run_summary,
+        resolve_resume_checkpoint,
+        setup_logging,
+        train_and_save,
     )
-    from finetuning.data import load_splits
-    from finetuning.distributed import setup_launch_environment
-    from finetuning.peft_setup import apply_peft, build_peft_config
-    from finetuning.preprocessing import build_split_datasets
-    from finetuning.seq2seq import (
+    from finetuning.training.seq2seq import (
         RougeMetrics,
-        Seq2SeqPaddingCollator,
-        encode_seq2seq_record,
         require_instruction_records,
         seq2seq_trainer_class,
         settle_seq2seq_arguments,
         use_per_batch_mean_loss,
     )
-    from finetuning.templates import get_template
 
     # launch environment -> arguments
     setup_launch_environment()
@@ -57,18 +61,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         (ModelArguments, Seq2SeqDataArguments, PeftArguments, Seq2SeqFinetuneTrainingArguments), argv
     )
     model_args, data_args, peft_args, training_args = arguments
-    training.setup_logging(training_args)
-    resume_from = training.resolve_resume_checkpoint(training_args)
+    setup_logging(training_args)
+    resume_from = resolve_resume_checkpoint(training_args)
 
     # model config & tokenizer: cheap, and enough to refuse a model or method that cannot work
-    config = modeling.load_config(model_args)
+    config = load_config(model_args)
     settle_seq2seq_arguments(config, data_args, training_args)
-    tokenizer = modeling.load_tokenizer(model_args, special_tokens=data_args.special_tokens)
+    tokenizer = load_tokenizer(model_args, special_tokens=data_args.special_tokens)
     peft_config = build_peft_config(
         peft_args,
         config,
         task_type="SEQ_2_SEQ_LM",
-        new_token_ids=modeling.added_token_ids(tokenizer, data_args.special_tokens),
+        new_token_ids=added_token_ids(tokenizer, data_args.special_tokens),
     )
 
     # data: the prompt is the encoder input, the response the decoder target; never packed
@@ -95,16 +99,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
 
     # model & PEFT
-    dtype = modeling.resolve_dtype(
+    dtype = resolve_dtype(
         model_args.torch_dtype, bf16=training_args.bf16, fp16=training_args.fp16, frozen_base=peft_config is not None
     )
-    model = modeling.load_model(
+    model = load_model(
         model_args, AutoModelForSeq2SeqLM, config=config, dtype=dtype, tokenizer=tokenizer, seed=training_args.seed
     )
     use_per_batch_mean_loss(model)
     model = apply_peft(model, peft_config, gradient_checkpointing=training_args.gradient_checkpointing)
     optimize_for_training(model, training_args, enabled=training_args.auto_optimize)
-    training.log_run_summary(model, arguments)
+    log_run_summary(model, arguments)
 
     # trainer -> train / save / evaluate; without generation only the loss is computed, so no logits are kept
     trainer = seq2seq_trainer_class()(
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     reliability.attach(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training
     metrics: dict[str, float] = {}
     if training_args.do_train:
-        metrics |= training.train_and_save(
+        metrics |= train_and_save(
             trainer,
             arguments=arguments,
             data_args=data_args,
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             train_samples=len(splits.train.records),
         )
     if training_args.do_eval:
-        metrics |= training.evaluate_and_save(trainer, eval_samples=len(splits.validation.records))
+        metrics |= evaluate_and_save(trainer, eval_samples=len(splits.validation.records))
     return metrics
 
 

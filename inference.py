@@ -31,10 +31,12 @@ def _print_answers(records: list[Any], answers: list[str]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import set_seed
 
-    from finetuning import generation, inference_modes
-    from finetuning.arguments import parse_arguments
-    from finetuning.inference_args import InferenceArguments
-    from finetuning.inference_loading import load_for_inference, merge_and_save
+    from finetuning.cli import parse_arguments
+    from finetuning.inference import generation
+    from finetuning.inference import modes as inference_modes
+    from finetuning.inference.arguments import InferenceArguments
+    from finetuning.inference.loading import load_for_inference
+    from finetuning.inference.merging import merge_and_save
 
     # arguments -> input records (malformed input fails before a model is loaded)
     (args,) = parse_arguments((InferenceArguments,), argv)

@@ -53,7 +53,7 @@ def build_model(preset: str, device: str, dtype: Any, attn: str | None) -> Any:
         num_key_value_heads=kv_heads,
         vocab_size=vocab,
         max_position_embeddings=4096,
-        # The ids of finetuning.tiny_models.build_tokenizer (<s>, </s>, <unk>, <pad>). The pad row of a random
+        # The ids of finetuning.model.tiny.build_tokenizer (<s>, </s>, <unk>, <pad>). The pad row of a random
         # embedding is zero: a zero vector at a sequence start stays zero through every layer, and RMSNorm's
         # backward at zero multiplies the gradient by 1/sqrt(eps) per norm, inf after ~20 layers (NaN grads).
         bos_token_id=0,
@@ -80,9 +80,9 @@ def real_samples(
     """Alpaca-template samples of the shared role-play + GSM8K data, tokenized as finetune_clm.py does."""
     from transformers import PreTrainedTokenizerFast
 
-    from finetuning.data import load_data_file
-    from finetuning.encoding import encode_instruction
-    from finetuning.templates import get_template
+    from finetuning.data.encoding import encode_instruction
+    from finetuning.data.records import load_data_file
+    from finetuning.data.templates import get_template
 
     records = []
     for name in REAL_DATA:
@@ -90,7 +90,7 @@ def real_samples(
     random.Random(0).shuffle(records)
     records = records[:limit]
     if not (tokenizer_dir / "tokenizer.json").exists():
-        from finetuning.tiny_models import build_tokenizer
+        from finetuning.model.tiny import build_tokenizer
 
         texts = [" ".join(record.values()) for record in records]
         build_tokenizer(texts, vocab_size=vocab).save_pretrained(tokenizer_dir)
@@ -108,7 +108,7 @@ def layout(samples: list[dict[str, list[int]]], kind: str, block: int) -> list[d
         ids = [token for sample in samples for token in sample["input_ids"]]
         labels = [label for sample in samples for label in sample["labels"]]
         return [{"input_ids": ids[i : i + block], "labels": labels[i : i + block]} for i in range(0, len(ids), block)]
-    from finetuning.packing import pack_batch
+    from finetuning.data.packing import pack_batch
 
     columns = {"input_ids": [s["input_ids"] for s in samples], "labels": [s["labels"] for s in samples]}
     packed = pack_batch(columns, block)
@@ -122,7 +122,7 @@ class CountingCollator:
     """The project's collator, recording the non-pad tokens of every batch it makes, in order."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
-        from finetuning.collator import PaddingCollator
+        from finetuning.data.collator import PaddingCollator
 
         self.inner = PaddingCollator(pad_token_id, pad_to_multiple_of)
         self.tokens: list[int] = []
@@ -138,10 +138,11 @@ def run_variant(
     import torch
     from transformers import Trainer, TrainerCallback
 
-    from finetuning import acceleration
-    from finetuning.acceleration import fuse_lora_updates, optimize_for_training
-    from finetuning.arguments import FinetuneTrainingArguments, PeftArguments
-    from finetuning.peft_setup import apply_peft, build_peft_config
+    from finetuning.model import acceleration
+    from finetuning.model.acceleration import fuse_lora_updates, optimize_for_training
+    from finetuning.model.arguments import PeftArguments
+    from finetuning.model.peft_setup import apply_peft, build_peft_config
+    from finetuning.training.arguments import FinetuneTrainingArguments
 
     project = name.startswith("project")
     levers = set(name.split("+")[1:])
@@ -192,7 +193,7 @@ def run_variant(
         model, args, enabled=project and "plain" not in levers, packed=packed and "noflex" not in levers
     )
     acceleration.fuse_lora_updates = fuse_lora_updates
-    if "noguard" in levers:  # measure the masked-attention guard by removing it (finetuning.acceleration)
+    if "noguard" in levers:  # measure the masked-attention guard by removing it (finetuning.model.acceleration)
         from transformers import AttentionInterface
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

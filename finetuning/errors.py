@@ -1,13 +1,18 @@
-"""One-line errors for problems in what the user gave us.
+"""One-line errors for problems in what the user gave us, and the way every entry script exits.
 
 A user who points a script at a bad file or passes a bad flag needs one line that names the file, the line
 and the field, not a traceback. Code anywhere in the package raises :class:`UserError`; the scripts' entry
-wrapper :func:`exit_on_user_error` turns it into that line on stderr and a non-zero exit.
+wrapper :func:`exit_on_user_error` turns it into that line on stderr and a non-zero exit. This module is the
+bottom of the package: it imports nothing of the project, so every layer can raise its errors.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -50,12 +55,10 @@ class UserError(Exception):
 def exit_on_user_error(main: Callable[[], _Result]) -> _Result:
     """Run ``main``; on :class:`UserError` print ``error: <message>`` on one line and exit with code 2.
 
-    A rank of a distributed run leaves here through :func:`finetuning.distributed.exit_if_process_group` (exit code
+    A rank of a distributed run leaves here through :func:`exit_if_process_group` (exit code
     2, or ``main``'s result when that is an int, else 0), which skips the interpreter finalization that can abort
     a rank that finished its work.
     """
-    from finetuning.distributed import exit_if_process_group
-
     try:
         result = main()
     except UserError as error:
@@ -64,3 +67,31 @@ def exit_on_user_error(main: Callable[[], _Result]) -> _Result:
         sys.exit(EXIT_USER_ERROR)
     exit_if_process_group(result if type(result) is int else 0)
     return result
+
+
+def exit_if_process_group(exit_code: int) -> None:
+    """End this rank now, without Python's interpreter finalization, if it belongs to a started process group.
+
+    A gloo worker thread releases the tensors of a collective it has just finished itself, which needs the GIL;
+    when the main thread has meanwhile begun finalizing the interpreter, Python < 3.14 ends that thread by
+    unwinding it, and the rank aborts with "terminate called without an active exception" (SIGABRT) after a
+    complete, saved run (pytorch/pytorch#190489). ``destroy_process_group`` does not prevent it while DDP
+    still holds the group. So a rank does what normal shutdown does up to that point (join non-daemon threads,
+    run the atexit handlers, finalize MPI if mpi4py started it, flush) and then leaves with ``os._exit``.
+    Returns, doing nothing, in a process without a process group (a single process, or one already destroyed).
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
+    for stream in (sys.stdout, sys.stderr):
+        # a closed or broken pipe must not turn a finished run into a failure
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(exit_code)

@@ -2,14 +2,14 @@
 
 A record's length in the file says little: training wraps it in a prompt template, and that wrapping is what
 ``--max_seq_length`` cuts. :func:`render_example` is the only place ``inspect_data.py`` renders records, so
-following a change of the shared templates (``finetuning/templates.py``) means changing it alone.
+following a change of the shared templates (``finetuning/data/templates.py``) means changing it alone.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from finetuning.templates import get_template
+from finetuning.data.templates import get_template
 
 
 def render_example(record: dict[str, Any], template: str = "alpaca") -> tuple[str, str]:

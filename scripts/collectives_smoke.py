@@ -19,13 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, not only the repo root
 
-from finetuning.distributed import (
-    init_process_group,
-    resolve_ddp_backend,
-    set_local_device,
-    setup_launch_environment,
-)
 from finetuning.errors import exit_on_user_error
+from finetuning.launch.backends import init_process_group, resolve_ddp_backend, set_local_device
+from finetuning.launch.environment import setup_launch_environment
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

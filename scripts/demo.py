@@ -34,7 +34,7 @@ def run(script: str, *args: object) -> None:
 
 
 def main() -> None:
-    from finetuning.tiny_models import build_tiny_model, build_tokenizer
+    from finetuning.model.tiny import build_tiny_model, build_tokenizer
 
     records = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
     base = OUTPUT / "tiny-llama"

@@ -9,7 +9,7 @@
 #   MPIRUN=/opt/intel/oneapi/mpi/latest/bin/mpirun scripts/run_mpi_cpu.sh --dry-run -n 4 finetune_clm.py ...
 #
 # Works with Intel MPI, MPICH and Open MPI (detected from `mpirun --version`). The script itself maps MPI's
-# variables (finetuning/distributed.py); this wrapper only sizes and pins the ranks.
+# variables (finetuning/launch/environment.py); this wrapper only sizes and pins the ranks.
 set -euo pipefail
 
 USAGE="Runs \$PYTHON (default python3) SCRIPT.py under \$MPIRUN (default mpirun) with oneCCL and OpenMP set up for CPUs."

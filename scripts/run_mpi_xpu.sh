@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Launch a fine-tuning script with mpirun on Intel GPU (XPU) nodes: one rank per XPU, each rank takes the XPU
-# of its local rank (finetuning/distributed.py) and reduces over xccl (torch >= 2.8) or oneCCL's ccl.
+# of its local rank (finetuning/launch/environment.py) and reduces over xccl (torch >= 2.8) or oneCCL's ccl.
 #
 #   scripts/run_mpi_xpu.sh finetune_clm.py ...                                   # every XPU of this node
 #   scripts/run_mpi_xpu.sh -f hostfiles/mpich_hostfile -ppn 8 finetune_clm.py ...

@@ -32,7 +32,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from finetuning.tiny_models import build_tokenizer
+    from finetuning.model.tiny import build_tokenizer
 
     texts = [" ".join(record.values()) for record in sample_records()]
     return build_tokenizer(texts, vocab_size=384)
@@ -41,7 +41,7 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_tokenizer):
     """``tiny_model("llama")`` -> path of a saved 2-layer model of that architecture (built once a session)."""
-    from finetuning.tiny_models import build_tiny_model
+    from finetuning.model.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny_models")
     built: dict[str, Path] = {}

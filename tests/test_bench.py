@@ -45,7 +45,7 @@ def test_real_data_smoke_compares_padded_naive_and_packed(tmp_path):
 
 def test_random_full_size_model_saver_refuses_a_tokenizer_with_other_special_ids(tmp_path, tiny_tokenizer):
     """The pad row of a random embedding is zero; if BOS were that row, training would get NaN gradients."""
-    from finetuning.tiny_models import build_tokenizer
+    from finetuning.model.tiny import build_tokenizer
 
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
     saved = run_script(

@@ -1,0 +1,178 @@
+"""The part of a fine-tuning run after the data and model are ready: output-directory rules, the Trainer,
+training, saving everything inference needs, and evaluation. Both fine-tune scripts run through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from finetuning.data.templates import save_template_name
+from finetuning.errors import UserError
+from finetuning.training import checkpoints
+
+logger = logging.getLogger("finetuning")
+
+RUN_ARGUMENTS_FILE = "finetune_args.json"
+# Written after the model: a run killed while saving its final model has no results yet and resumes.
+RESULTS_MARKERS = ("all_results.json", "train_results.json")
+FINISHED_MARKERS = (*RESULTS_MARKERS, "adapter_config.json", "model.safetensors")
+
+
+def setup_logging(training_args: Any) -> None:
+    """INFO on the main process, warnings elsewhere: one data report and one config log per job."""
+    import transformers
+
+    main = training_args.process_index == 0 if hasattr(training_args, "process_index") else True
+    level = logging.INFO if main else logging.WARNING
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        level=level,
+        stream=sys.stdout,
+        force=True,
+    )
+    logger.setLevel(level)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def resolve_resume_checkpoint(training_args: Any) -> str | None:
+    """Decide what an existing output_dir means before anything is written to it.
+
+    A finished run is never overwritten unless ``--overwrite_output_dir``; an interrupted one (checkpoints,
+    no final results) resumes from its last complete checkpoint (see finetuning/training/checkpoints.py: a checkpoint
+    the run was killed while writing is skipped); ``--resume_from_checkpoint`` wins.
+    """
+    if training_args.resume_from_checkpoint:
+        path = Path(training_args.resume_from_checkpoint)
+        problem = "no such checkpoint directory" if not path.is_dir() else None
+        problem = problem or checkpoints.checkpoint_problem(path, require_marker=False)
+        if problem:
+            raise UserError(problem, path=str(path), field="resume_from_checkpoint")
+        return training_args.resume_from_checkpoint
+    output_dir = Path(training_args.output_dir)
+    if not output_dir.is_dir() or training_args.overwrite_output_dir or not training_args.do_train:
+        return None
+    checkpoint = checkpoints.last_complete_checkpoint(output_dir)
+    finished = RESULTS_MARKERS if checkpoint else FINISHED_MARKERS
+    if any((output_dir / marker).exists() for marker in finished):
+        raise UserError(
+            "holds a finished run; pass --overwrite_output_dir to train again there",
+            path=str(output_dir),
+            field="output_dir",
+        )
+    if checkpoint is not None:
+        logger.info("resuming from %s (pass --overwrite_output_dir to start over)", checkpoint)
+    return checkpoint
+
+
+def log_run_summary(model: Any, arguments: tuple[Any, ...]) -> None:
+    """Log the trainable-parameter count and the resolved configuration once (main process only)."""
+    from transformers import TrainingArguments
+
+    from finetuning.model.peft_setup import count_parameters
+
+    trainable, total = count_parameters(model)
+    logger.info("trainable parameters: %d of %d (%.4f%%)", trainable, total, 100 * trainable / max(total, 1))
+    for group in arguments:
+        if not isinstance(group, TrainingArguments):  # the Trainer logs its own arguments
+            logger.info("%s: %s", type(group).__name__, dataclasses.asdict(group))
+
+
+def save_run_arguments(output_dir: str, arguments: tuple[Any, ...]) -> None:
+    """The run's full configuration, next to the model, in a form the scripts read back as a config file."""
+    payload: dict[str, Any] = {}
+    for group in arguments:
+        values = group.to_dict() if hasattr(group, "to_dict") else dataclasses.asdict(group)
+        payload.update({key: value for key, value in values.items() if not key.startswith("_")})
+    (Path(output_dir) / RUN_ARGUMENTS_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _accelerator(args: Any) -> Any:
+    """``torch.cuda`` or ``torch.xpu`` when the run trains on one, else None."""
+    import torch
+
+    return getattr(torch, args.device.type) if args.device.type in ("cuda", "xpu") else None
+
+
+class ThroughputMeter(TrainerCallback):
+    """Adds steady-state speed to the train metrics.
+
+    ``train_tokens_per_second`` of the Trainer divides by the whole run, start-up and first (compiling,
+    autotuning) steps included, which hides what a longer run will do. This one counts from the end of step
+    ``skip_steps`` (fewer on a short run): non-pad tokens per second summed over ranks when
+    ``--include_num_input_tokens_seen non_padding`` (or ``all``) is on, and each run's peak accelerator memory.
+    """
+
+    def __init__(self, skip_steps: int = 3) -> None:
+        self.skip_steps = skip_steps
+        self.start: tuple[int, float, int] | None = None  # (step, time, tokens seen) at the end of that step
+        self.end: tuple[int, float, int] | None = None
+        self.metrics: dict[str, float] = {}
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        first = state.global_step <= min(self.skip_steps, state.max_steps // 4)
+        accelerator = _accelerator(args)
+        if (first or state.global_step == state.max_steps) and accelerator is not None:
+            accelerator.synchronize()  # the device runs behind the Python loop
+        mark = (state.global_step, time.perf_counter(), state.num_input_tokens_seen)
+        if first:
+            self.start = mark
+        self.end = mark
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.start and self.end and self.end[0] > self.start[0]:
+            seconds = self.end[1] - self.start[1]
+            self.metrics["train_steady_steps_per_second"] = round((self.end[0] - self.start[0]) / seconds, 4)
+            if self.end[2] > self.start[2]:
+                self.metrics["train_steady_tokens_per_second"] = round((self.end[2] - self.start[2]) / seconds, 1)
+        accelerator = _accelerator(args)
+        if accelerator is not None and accelerator.is_available():
+            self.metrics["train_peak_memory_gib"] = round(accelerator.max_memory_allocated() / 2**30, 2)
+        if self.metrics and state.is_world_process_zero:
+            logger.info("steady state (after step %d): %s", self.start[0] if self.start else 0, self.metrics)
+
+
+def train_and_save(
+    trainer: Any, *, arguments: tuple[Any, ...], data_args: Any, resume_from: str | None, train_samples: int
+) -> dict[str, float]:
+    """Train, save model + tokenizer + template + arguments + metrics; returns the train metrics."""
+    from finetuning.training import reliability
+
+    training_args = trainer.args
+    meter = ThroughputMeter()
+    trainer.add_callback(meter)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    reliability.exit_if_stopped(trainer)  # stopped by SIGTERM/SIGINT: a checkpoint, not a finished run
+    trainer.save_model()
+    metrics = dict(result.metrics) | meter.metrics
+    metrics["train_samples"] = train_samples
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        save_template_name(training_args.output_dir, data_args.prompt_template, data_args.chat_template)
+        save_run_arguments(training_args.output_dir, arguments)
+    return metrics
+
+
+def evaluate_and_save(trainer: Any, *, eval_samples: int, **evaluate_kwargs: Any) -> dict[str, float]:
+    """Evaluation loss and perplexity (exp of the mean token loss), saved as eval_results.json."""
+    metrics = trainer.evaluate(**evaluate_kwargs)
+    metrics["eval_samples"] = eval_samples
+    loss = metrics.get("eval_loss")
+    if loss is not None:
+        metrics["perplexity"] = math.exp(loss) if loss < 700 else float("inf")
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return metrics

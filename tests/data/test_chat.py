@@ -1,0 +1,253 @@
+"""Chat records: exact assistant-only label masks, truncation by whole exchanges, template choice and errors,
+and a chat fine-tuning run end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from conftest import REPO
+
+from finetuning.data.chat import CHAT_TEMPLATES, encode_chat, end_of_turn_token_ids, render_chat_prompt
+from finetuning.data.encoding import encode_causal_record
+from finetuning.data.samples import IGNORE_INDEX
+from finetuning.data.templates import TEMPLATES, get_template
+from finetuning.errors import UserError
+
+CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
+SYSTEM = {"role": "system", "content": "You are a terse assistant."}
+CHAT = [
+    {"role": "user", "content": "How many legs does a spider have?"},
+    {"role": "assistant", "content": "Eight."},
+    {"role": "user", "content": "And an ant?"},
+    {"role": "assistant", "content": "Six."},
+]
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(tiny_tokenizer):
+    """The tiny tokenizer after ``--special_tokens "<|im_start|>" "<|im_end|>"``."""
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": CHATML_TOKENS})
+    return tokenizer
+
+
+def ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def supervised_spans(tokenizer, sample) -> list[str]:
+    """The decoded runs of consecutive supervised tokens (labels equal to the input ids there)."""
+    spans: list[list[int]] = []
+    previous = IGNORE_INDEX
+    for token, label in zip(sample.input_ids, sample.labels, strict=True):
+        assert label in (token, IGNORE_INDEX)
+        if label != IGNORE_INDEX:
+            if previous == IGNORE_INDEX:
+                spans.append([])
+            spans[-1].append(token)
+        previous = label
+    return [tokenizer.decode(span) for span in spans]
+
+
+def expected(tokenizer, parts: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+    """Ids and labels built from the literal text of each masked or supervised part."""
+    input_ids, labels = [], []
+    for text, supervised in parts:
+        part = ids(tokenizer, text)
+        input_ids += part
+        labels += part if supervised else [IGNORE_INDEX] * len(part)
+    return input_ids, labels
+
+
+def test_chatml_with_system_prompt_supervises_exactly_the_assistant_turns_and_im_end(chat_tokenizer):
+    sample = encode_chat(chat_tokenizer, [SYSTEM, *CHAT], max_length=512, chat_template="chatml")
+    header = "<|im_start|>assistant\n"
+    parts = [
+        (
+            f"<s><|im_start|>system\n{SYSTEM['content']}<|im_end|>\n<|im_start|>user\n{CHAT[0]['content']}<|im_end|>\n"
+            f"{header}",
+            False,
+        ),
+        ("Eight.<|im_end|>", True),
+        (f"\n<|im_start|>user\nAnd an ant?<|im_end|>\n{header}", False),
+        ("Six.<|im_end|>", True),
+        ("\n", False),
+    ]
+    assert (sample.input_ids, sample.labels) == expected(chat_tokenizer, parts)
+    assert sample.input_ids[0] == chat_tokenizer.bos_token_id and not sample.truncated
+    assert supervised_spans(chat_tokenizer, sample) == ["Eight.<|im_end|>", "Six.<|im_end|>"]
+    im_end = chat_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert [label for label in sample.labels if label != IGNORE_INDEX].count(im_end) == 2  # one token each
+
+
+def test_zephyr_without_system_prompt_supervises_eos_as_the_end_of_turn(chat_tokenizer):
+    sample = encode_chat(chat_tokenizer, CHAT, max_length=512, chat_template="zephyr")
+    parts = [
+        ("<s><|user|>\nHow many legs does a spider have?</s>\n<|assistant|>\n", False),
+        ("Eight.</s>", True),
+        ("\n<|user|>\nAnd an ant?</s>\n<|assistant|>\n", False),
+        ("Six.</s>", True),
+        ("\n", False),
+    ]
+    assert (sample.input_ids, sample.labels) == expected(chat_tokenizer, parts)
+    assert supervised_spans(chat_tokenizer, sample) == ["Eight.</s>", "Six.</s>"]
+
+
+def test_llama2_chat_puts_the_system_prompt_in_the_first_inst_block(chat_tokenizer):
+    sample = encode_chat(chat_tokenizer, [SYSTEM, *CHAT], max_length=512, chat_template="llama2_chat")
+    assert chat_tokenizer.decode(sample.input_ids) == (
+        f"<s>[INST] <<SYS>>\n{SYSTEM['content']}\n<</SYS>>\n\n{CHAT[0]['content']} [/INST] Eight. </s>"
+        "<s>[INST] And an ant? [/INST] Six. </s>"
+    )
+    # the template writes the answer after " [/INST]" as " answer </s>": all of it is the model's to generate
+    assert supervised_spans(chat_tokenizer, sample) == [" Eight. </s>", " Six. </s>"]
+
+
+def test_inference_prompt_is_the_training_text_up_to_the_last_answer(chat_tokenizer):
+    for name in CHAT_TEMPLATES:
+        sample = encode_chat(chat_tokenizer, [SYSTEM, *CHAT], max_length=512, chat_template=name)
+        prompt_ids = ids(chat_tokenizer, render_chat_prompt(chat_tokenizer, [SYSTEM, *CHAT[:3]], name))
+        assert sample.input_ids[: len(prompt_ids)] == prompt_ids, name
+        assert sample.labels[len(prompt_ids) - 1] == IGNORE_INDEX and sample.labels[len(prompt_ids)] != IGNORE_INDEX
+    stops = end_of_turn_token_ids(chat_tokenizer, "chatml")
+    assert stops == [chat_tokenizer.eos_token_id, chat_tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_long_conversation_loses_whole_oldest_exchanges_and_keeps_the_system_prompt(chat_tokenizer):
+    third = [{"role": "user", "content": "And a bee?"}, {"role": "assistant", "content": "Six as well."}]
+    messages = [SYSTEM, *CHAT, *third, {"role": "user", "content": "unanswered"}]
+
+    def encoded(kept, max_length=512):
+        return encode_chat(chat_tokenizer, kept, max_length=max_length, chat_template="chatml")
+
+    full = encoded(messages)
+    assert full.input_ids == encoded(messages[:-1]).input_ids  # a trailing unanswered turn teaches nothing
+    without_first = encoded([SYSTEM, *CHAT[2:], *third])
+    last_only = encoded([SYSTEM, *third])
+    assert len(last_only.input_ids) < len(without_first.input_ids) < len(full.input_ids)
+
+    sample = encoded(messages, max_length=len(without_first.input_ids))
+    assert (sample.input_ids, sample.labels, sample.truncated) == (without_first.input_ids, without_first.labels, True)
+    assert supervised_spans(chat_tokenizer, sample) == ["Six.<|im_end|>", "Six as well.<|im_end|>"]
+    sample = encoded(messages, max_length=len(without_first.input_ids) - 1)
+    assert (sample.input_ids, sample.labels, sample.truncated) == (last_only.input_ids, last_only.labels, True)
+    assert chat_tokenizer.decode(sample.input_ids) == (
+        f"<s><|im_start|>system\n{SYSTEM['content']}<|im_end|>\n<|im_start|>user\nAnd a bee?<|im_end|>\n"
+        "<|im_start|>assistant\nSix as well.<|im_end|>\n"
+    )
+
+
+def test_last_exchange_too_long_cuts_the_answer_at_its_end(chat_tokenizer):
+    answer = "Spiders have eight legs, insects have six, and that is how you tell them apart. " * 4
+    messages = [*CHAT[:2], {"role": "user", "content": "Why?"}, {"role": "assistant", "content": answer}]
+    alone = encode_chat(chat_tokenizer, messages[2:], max_length=512, chat_template="chatml")
+    prompt_length = alone.labels.index(next(label for label in alone.labels if label != IGNORE_INDEX))
+    max_length = 2 * prompt_length + 4  # the prompt fits in half the window, so only the answer is cut
+    sample = encode_chat(chat_tokenizer, messages, max_length=max_length, chat_template="chatml")
+    assert sample.truncated
+    assert (sample.input_ids, sample.labels) == (alone.input_ids[:max_length], alone.labels[:max_length])
+    (kept_answer,) = supervised_spans(chat_tokenizer, sample)
+    assert answer.startswith(kept_answer)  # no end-of-turn token: the answer goes on past the window
+    assert sum(label != IGNORE_INDEX for label in sample.labels) == max_length - prompt_length
+
+
+def test_prompt_longer_than_the_window_still_leaves_supervised_tokens(chat_tokenizer):
+    messages = [{"role": "user", "content": "tell me " * 200}, {"role": "assistant", "content": "No."}]
+    sample = encode_chat(chat_tokenizer, messages, max_length=16, chat_template="chatml")
+    assert len(sample.input_ids) == 16 and sample.truncated
+    assert sample.input_ids[0] == chat_tokenizer.bos_token_id
+    assert supervised_spans(chat_tokenizer, sample) == ["No.<|im_end|>"]
+
+
+def test_tokenizer_own_chat_template_is_used_and_a_named_one_wins(chat_tokenizer):
+    tokenizer = copy.deepcopy(chat_tokenizer)
+    tokenizer.chat_template = CHAT_TEMPLATES["chatml"].jinja
+    own = encode_chat(tokenizer, CHAT, max_length=512)
+    # the tokenizer's own template is taken as written: it adds no BOS, so none is prepended
+    assert tokenizer.decode(own.input_ids).startswith("<|im_start|>user\n")
+    assert supervised_spans(tokenizer, own) == ["Eight.<|im_end|>", "Six.<|im_end|>"]
+    named = encode_chat(tokenizer, CHAT, max_length=512, chat_template="zephyr")
+    assert supervised_spans(tokenizer, named) == ["Eight.</s>", "Six.</s>"]
+    record = encode_causal_record(
+        {"messages": CHAT},
+        tokenizer=tokenizer,
+        template=get_template("alpaca"),
+        max_length=512,
+        train_on_inputs=False,
+        chat_template="zephyr",
+    )
+    assert record == named.as_dict()
+
+
+def test_errors_name_the_flag_to_pass(tiny_tokenizer, chat_tokenizer):
+    with pytest.raises(UserError, match="pass --chat_template NAME") as error:
+        encode_chat(tiny_tokenizer, CHAT, max_length=512)
+    assert error.value.field == "chat_template" and "chatml" in str(error.value)
+    with pytest.raises(UserError, match='add it with --special_tokens "<\\|im_start\\|>" "<\\|im_end\\|>"'):
+        encode_chat(tiny_tokenizer, CHAT, max_length=512, chat_template="chatml")
+    with pytest.raises(UserError, match="'alpaca' is an instruction template"):
+        encode_chat(chat_tokenizer, CHAT, max_length=512, chat_template="alpaca")
+    assert not set(CHAT_TEMPLATES) & set(TEMPLATES)
+    tokenizer = copy.deepcopy(chat_tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ '[' + m['content'] + ']' if loop.last else m['content'] }}{% endfor %}"
+    )
+    with pytest.raises(UserError, match="cannot be located"):
+        encode_chat(tokenizer, CHAT, max_length=512)
+
+
+@pytest.mark.slow
+def test_chat_data_fine_tunes_with_chatml_and_lora(run, tiny_model, chat_tokenizer, tmp_path):
+    """The documented workflow: convert ShareGPT to messages, then train with a named template and its tokens."""
+    data = tmp_path / "chat.jsonl"
+    converted = run(
+        "prepare_data/convert.py",
+        "--input",
+        REPO / "tests/fixtures/prepare_data/sharegpt.json",
+        "--output",
+        data,
+        "--to",
+        "messages",
+    )
+    assert converted.returncode == 0, converted.stderr
+    records = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    supervised = sum(
+        sum(
+            label != IGNORE_INDEX
+            for label in encode_chat(chat_tokenizer, record["messages"], max_length=512, chat_template="chatml").labels[
+                1:
+            ]
+        )
+        for record in records
+    )
+    output = tmp_path / "out"
+    result = run(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        tiny_model("llama"),
+        "--train_file",
+        data,
+        "--output_dir",
+        output,
+        "--do_train",
+        "--chat_template",
+        "chatml",
+        "--special_tokens",
+        *CHATML_TOKENS,
+        "--peft",
+        "lora",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--save_strategy",
+        "no",
+        "--overwrite_cache",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"train data: {len(records)} samples read, 0 empty skipped, 0 truncated" in result.stdout
+    assert f"({supervised} in the loss)" in result.stdout
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= {path.name for path in output.iterdir()}
+    assert json.loads((output / "prompt_template.json").read_text())["chat_template"] == "chatml"

@@ -1,0 +1,74 @@
+"""Templates and label masks: the prompt is masked exactly, the response and its EOS are supervised."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetuning.data.encoding import encode_instruction, encode_prompt
+from finetuning.data.samples import IGNORE_INDEX, fit_to_length
+from finetuning.data.templates import get_template, load_template_name, save_template_name
+from finetuning.errors import UserError
+
+RECORD = {"instruction": "Reverse the letters of the word.", "input": "apple", "output": "elppa"}
+
+
+def test_alpaca_template_with_and_without_input():
+    alpaca = get_template("alpaca")
+    with_input = alpaca.render("Do it.", "data")
+    assert with_input.endswith("### Instruction:\nDo it.\n\n### Input:\ndata\n\n### Response:\n")
+    assert "paired with an input" in with_input
+    without_input = alpaca.render("Do it.", "  ")
+    assert "### Input:" not in without_input and without_input.endswith("### Instruction:\nDo it.\n\n### Response:\n")
+
+
+def test_unknown_template_is_a_user_error():
+    with pytest.raises(UserError, match="unknown prompt template 'nope'"):
+        get_template("nope")
+
+
+def test_template_name_round_trips(tmp_path):
+    assert load_template_name(tmp_path) is None
+    save_template_name(tmp_path, "llama2")
+    assert load_template_name(tmp_path) == "llama2"
+
+
+def test_labels_mask_the_prompt_exactly_and_supervise_response_and_eos(tiny_tokenizer):
+    template = get_template("alpaca")
+    sample = encode_instruction(tiny_tokenizer, template, RECORD, max_length=512)
+    prompt_ids = encode_prompt(tiny_tokenizer, template.render(RECORD["instruction"], RECORD["input"]))
+    response_ids = tiny_tokenizer(RECORD["output"], add_special_tokens=False)["input_ids"]
+    assert sample.input_ids == prompt_ids + response_ids + [tiny_tokenizer.eos_token_id]
+    assert sample.labels == [IGNORE_INDEX] * len(prompt_ids) + response_ids + [tiny_tokenizer.eos_token_id]
+    assert sample.input_ids[0] == tiny_tokenizer.bos_token_id and not sample.truncated
+    # the decoded supervised part is exactly the response
+    supervised = [label for label in sample.labels if label != IGNORE_INDEX]
+    assert tiny_tokenizer.decode(supervised, skip_special_tokens=True) == RECORD["output"]
+
+
+def test_eos_is_supervised_even_when_pad_is_eos(tiny_tokenizer):
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    sample = encode_instruction(tokenizer, get_template("alpaca"), RECORD, max_length=512)
+    assert sample.labels[-1] == tokenizer.eos_token_id == tokenizer.pad_token_id
+
+
+def test_train_on_inputs_supervises_everything(tiny_tokenizer):
+    sample = encode_instruction(tiny_tokenizer, get_template("alpaca"), RECORD, max_length=512, train_on_inputs=True)
+    assert sample.labels == sample.input_ids
+
+
+def test_truncation_keeps_bos_response_marker_and_flags_it(tiny_tokenizer):
+    record = {**RECORD, "input": "word " * 200, "output": "answer " * 100}
+    sample = encode_instruction(tiny_tokenizer, get_template("alpaca"), record, max_length=64)
+    assert len(sample.input_ids) == 64 and sample.truncated
+    assert sample.input_ids[0] == tiny_tokenizer.bos_token_id
+    assert sum(label != IGNORE_INDEX for label in sample.labels) == 32  # the response keeps half the budget
+    prompt_text = tiny_tokenizer.decode(sample.input_ids[: 64 - 32], skip_special_tokens=True)
+    assert prompt_text.endswith("### Response:\n")
+
+
+def test_fit_to_length_is_identity_when_it_fits():
+    assert fit_to_length([1, 2], [3, 4], 4) == ([1, 2], [3, 4])
+    assert fit_to_length([1, 2, 3, 4, 5, 6], [7, 8], 4) == ([1, 6], [7, 8])

@@ -1,0 +1,393 @@
+"""inference.py end to end, run as users run it, on models fine-tuned here by finetune_clm.py.
+
+The proof that training and inference agree (prompt template, prompt masking, EOS): a tiny model trained
+until it has memorized six records must answer each of them with exactly its training response. Also every
+mode (--infer, --instructions, --interactive, --bench, --merge_and_save), an encoder-decoder model, and the
+one-line error for each kind of bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, run_script, sample_records, script_env
+
+RECORDS = sample_records(6)  # three of them differ only in their numbers: the model must read the input
+TRAIN = (
+    "--do_train",
+    "--per_device_train_batch_size",
+    "6",
+    "--lr_scheduler_type",
+    "constant",
+    "--logging_steps",
+    "50",
+    "--save_strategy",
+    "no",
+    "--report_to",
+    "none",
+    "--seed",
+    "0",
+)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("inference")
+
+
+@pytest.fixture(scope="module")
+def train_file(workdir):
+    path = workdir / "train.json"
+    path.write_text(json.dumps(RECORDS), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_llama(workdir, tiny_tokenizer):
+    """A wider tiny llama (hidden 64) than the shared fixture's: it memorizes six records in seconds."""
+    from finetuning.model.tiny import build_tiny_model
+
+    return build_tiny_model("llama", tiny_tokenizer, workdir / "llama64", hidden=64)
+
+
+@pytest.fixture(scope="module")
+def full_run(workdir, base_llama, train_file):
+    """Full fine-tuning, samples padded."""
+    output = workdir / "full"
+    result = run_script(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        base_llama,
+        "--train_file",
+        train_file,
+        "--output_dir",
+        output,
+        "--peft",
+        "none",
+        "--learning_rate",
+        "5e-3",
+        "--num_train_epochs",
+        "60",
+        *TRAIN,
+    )
+    assert_ok(result)
+    return output
+
+
+@pytest.fixture(scope="module")
+def lora_run(workdir, base_llama, train_file):
+    """LoRA, samples packed. The random tiny base's lm_head cannot produce confident logits (its rows are
+    tiny and the final norm fixes the hidden state's size), so the head is adapted too; a real base's is not
+    the bottleneck."""
+    output = workdir / "lora"
+    result = run_script(
+        "finetune_clm.py",
+        "--model_name_or_path",
+        base_llama,
+        "--train_file",
+        train_file,
+        "--output_dir",
+        output,
+        "--peft",
+        "lora",
+        "--lora_rank",
+        "16",
+        "--lora_alpha",
+        "32",
+        "--lora_dropout",
+        "0",
+        "--lora_target_modules",
+        *LORA_TARGETS,
+        "--learning_rate",
+        "1e-2",
+        "--num_train_epochs",
+        "150",
+        "--dataset_concatenation",
+        "--max_seq_length",
+        "256",
+        *TRAIN,
+    )
+    assert_ok(result)
+    assert "packed into" in result.stdout
+    return output
+
+
+def predict(*flags, output) -> list[dict]:
+    result = run_script("inference.py", *flags, "--output_file", output)
+    assert_ok(result)
+    assert f"wrote {len(RECORDS)} predictions to {output}" in result.stdout
+    return read_jsonl(output)
+
+
+def assert_memorized(rows: list[dict]) -> None:
+    assert [{key: row[key] for key in ("instruction", "input", "output")} for row in rows] == RECORDS
+    assert [row["prediction"] for row in rows] == [record["output"] for record in RECORDS]
+
+
+# --- memorization: training and inference agree ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_full_fine_tuned_model_answers_its_training_records_exactly(full_run, train_file, workdir):
+    rows = predict(
+        "--base_model_path",
+        full_run,
+        "--input_file",
+        train_file,
+        "--batch_size",
+        "4",
+        output=workdir / "full_predictions.jsonl",
+    )
+    assert_memorized(rows)
+
+
+@pytest.mark.slow
+def test_lora_adapter_and_its_merged_model_answer_exactly(lora_run, train_file, workdir):
+    merged = workdir / "merged"
+    adapter_rows = predict(
+        "--peft_model_path",
+        lora_run,
+        "--merge_and_save",
+        merged,
+        "--input_file",
+        train_file,
+        output=workdir / "lora_predictions.jsonl",
+    )
+    assert_memorized(adapter_rows)
+    names = {path.name for path in merged.iterdir()}
+    assert {"model.safetensors", "tokenizer.json", "prompt_template.json"} <= names
+    assert "adapter_config.json" not in names and not any(name.endswith(".bin") for name in names)
+    # one by one this time: batching (with left padding) must not change an answer
+    merged_rows = predict(
+        "--base_model_path",
+        merged,
+        "--input_file",
+        train_file,
+        "--batch_size",
+        "1",
+        output=workdir / "merged_predictions.jsonl",
+    )
+    assert merged_rows == adapter_rows
+
+
+@pytest.mark.slow
+def test_seq2seq_model_answers_its_training_records_exactly(workdir, tiny_tokenizer, train_file):
+    from transformers import AutoConfig
+
+    from finetuning.model.tiny import build_tiny_model
+
+    if not (REPO / "finetune_seq2seq.py").is_file():
+        pytest.skip("finetune_seq2seq.py is not there yet")
+    base = build_tiny_model("t5", tiny_tokenizer, workdir / "t5_64", hidden=64)
+    config = AutoConfig.from_pretrained(base)
+    config.dropout_rate = 0.0  # dropout slows memorization down a lot at this size
+    config.save_pretrained(base)
+    output = workdir / "t5_full"
+    result = run_script(
+        "finetune_seq2seq.py",
+        "--model_name_or_path",
+        base,
+        "--train_file",
+        train_file,
+        "--output_dir",
+        output,
+        "--peft",
+        "none",
+        "--learning_rate",
+        "5e-3",
+        "--num_train_epochs",
+        "60",
+        *TRAIN,
+    )
+    assert_ok(result)
+    rows = predict("--base_model_path", output, "--input_file", train_file, output=workdir / "t5_predictions.jsonl")
+    assert_memorized(rows)
+
+
+# --- the other modes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_infer_and_instructions_print_answers(full_run):
+    result = run_script(
+        "inference.py",
+        "--base_model_path",
+        full_run,
+        "--infer",
+        "--instructions",
+        RECORDS[0]["instruction"],
+        RECORDS[3]["instruction"],
+        "--max_new_tokens",
+        "24",
+    )
+    assert_ok(result)
+    assert result.stdout.count("Instruction: ") == 5 + 2
+    assert "Instruction: Tell me about alpacas.\nResponse: " in result.stdout
+    assert f"Instruction: {RECORDS[0]['instruction']}\nResponse: noir\n" in result.stdout
+    assert f"Instruction: {RECORDS[3]['instruction']}\nResponse: {RECORDS[3]['output']}\n" in result.stdout
+    assert "Below is an instruction" not in result.stdout  # no prompt echo
+
+
+@pytest.mark.slow
+def test_interactive_mode_streams_answers_read_from_stdin(full_run):
+    lines = [RECORDS[0]["instruction"], "", RECORDS[3]["instruction"], "exit", RECORDS[0]["instruction"]]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "inference.py"), "--base_model_path", str(full_run), "--interactive"],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=script_env(),
+        cwd=REPO,
+    )
+    assert_ok(result)
+    assert result.stdout.splitlines() == ["noir", RECORDS[3]["output"]]  # stops at 'exit'
+
+
+@pytest.mark.slow
+def test_bench_prints_first_token_latency_and_throughput(full_run):
+    result = run_script(
+        "inference.py", "--base_model_path", full_run, "--bench", "--bench_runs", "2", "--max_new_tokens", "32"
+    )
+    assert_ok(result)
+    latency = re.search(
+        r"first-token latency: ([\d.]+) ms median \(min [\d.]+, max [\d.]+\) over 10 generations", result.stdout
+    )
+    throughput = re.search(r"throughput: ([\d.]+) new tokens/s \((\d+) tokens in ([\d.]+) s", result.stdout)
+    assert latency and throughput, result.stdout
+    assert 0 < float(latency.group(1)) < 10_000 and float(throughput.group(1)) > 0 and int(throughput.group(2)) > 0
+
+
+def test_seq2seq_model_runs(tiny_model, train_file, tmp_path):
+    output = tmp_path / "predictions.jsonl"
+    result = run_script(
+        "inference.py",
+        "--base_model_path",
+        tiny_model("t5"),
+        "--instructions",
+        "Name a color.",
+        "--input_file",
+        train_file,
+        "--output_file",
+        output,
+        "--max_new_tokens",
+        "6",
+        "--num_beams",
+        "2",
+        "--prompt_template",
+        "plain",
+    )
+    assert_ok(result)
+    assert "Instruction: Name a color.\nResponse: " in result.stdout
+    rows = read_jsonl(output)
+    assert len(rows) == len(RECORDS) and all(isinstance(row["prediction"], str) for row in rows)
+
+
+# --- bad input: one line, exit code 2 --------------------------------------------------------------------
+
+
+def user_error(capsys, *flags) -> str:
+    """Run inference.main in-process expecting a user error; return its one-line message."""
+    import inference
+    from finetuning.errors import exit_on_user_error
+
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(lambda: inference.main([str(flag) for flag in flags]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and err[-1].startswith("error: ") and not any("Traceback" in line for line in err)
+    return err[-1]
+
+
+def test_missing_model_is_one_line_exit_2_in_a_subprocess(run, tmp_path):
+    result = run("inference.py", "--base_model_path", tmp_path / "nope", "--infer")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'nope'}: field 'base_model_path': no such model directory"
+
+
+def test_adapter_whose_base_is_gone(capsys, tiny_model, tmp_path):
+    from test_generation import save_lora_adapter
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model("llama"), base)
+    save_lora_adapter(base, tmp_path / "adapter")
+    shutil.rmtree(base)
+    message = user_error(capsys, "--peft_model_path", tmp_path / "adapter", "--infer")
+    assert message == (
+        f"error: field 'base_model_path': the adapter's base model '{base}' (base_model_name_or_path "
+        "in adapter_config.json) does not exist here: pass --base_model_path"
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("no_adapter_dir", "{tmp}/nope: field 'peft_model_path': no such adapter directory"),
+        (
+            "full_model_as_adapter",
+            "field 'peft_model_path': no adapter_config.json: not an adapter directory (it holds "
+            "a full model: pass it as --base_model_path)",
+        ),
+        (
+            "pickled_adapter",
+            "only a pickled adapter_model.bin (unpickling can run arbitrary code): pass --allow_pickle",
+        ),
+        ("malformed_input", "{tmp}/bad.jsonl:2: invalid JSON: Expecting value (column 1)"),
+        ("chat_on_seq2seq", "chat records (messages) are not supported for encoder-decoder models"),
+        ("merge_full_model", "nothing to merge: --merge_and_save needs an adapter"),
+        ("unknown_template", "unknown prompt template 'nope'"),
+        ("sampling_without_do_sample", "--temperature applies only when sampling: add --do_sample"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(case, expected, capsys, tiny_model, tmp_path):
+    from test_generation import save_lora_adapter
+
+    llama = tiny_model("llama")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"instruction": "Name a color."}\n', encoding="utf-8")
+    io = ("--input_file", prompts, "--output_file", tmp_path / "out.jsonl")
+    if case == "pickled_adapter":
+        from safetensors.torch import load_file
+        from torch import save
+
+        save_lora_adapter(llama, tmp_path / "adapter")
+        save(load_file(tmp_path / "adapter" / "adapter_model.safetensors"), tmp_path / "adapter" / "adapter_model.bin")
+        (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    if case == "malformed_input":
+        (tmp_path / "bad.jsonl").write_text('{"instruction": "a"}\n]\n', encoding="utf-8")
+    if case == "chat_on_seq2seq":
+        prompts.write_text('{"messages": [{"role": "user", "content": "Hi"}]}\n', encoding="utf-8")
+    flags = {
+        "no_adapter_dir": ("--peft_model_path", tmp_path / "nope", "--infer"),
+        "full_model_as_adapter": ("--peft_model_path", llama, "--infer"),
+        "pickled_adapter": ("--peft_model_path", tmp_path / "adapter", "--infer"),
+        "malformed_input": (
+            "--base_model_path",
+            llama,
+            "--input_file",
+            tmp_path / "bad.jsonl",
+            "--output_file",
+            tmp_path / "out.jsonl",
+        ),
+        "chat_on_seq2seq": ("--base_model_path", tiny_model("t5"), *io),
+        "merge_full_model": ("--base_model_path", llama, "--merge_and_save", tmp_path / "merged"),
+        "unknown_template": ("--base_model_path", llama, "--infer", "--prompt_template", "nope"),
+        "sampling_without_do_sample": ("--base_model_path", llama, "--infer", "--temperature", "0.7"),
+    }[case]
+    message = user_error(capsys, *flags)
+    assert expected.format(tmp=tmp_path) in message
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "merged").exists()
