@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from finetuning.data.splits import load_splits
     from finetuning.data.templates import get_template
     from finetuning.launch.environment import setup_launch_environment
-    from finetuning.model.acceleration import optimize_for_training
+    from finetuning.model.acceleration import optimize_for_training, packed_row_lengths
     from finetuning.model.arguments import ModelArguments, PeftArguments
     from finetuning.model.loading import added_token_ids, load_config, load_model, load_tokenizer, resolve_dtype
     from finetuning.model.packing_support import packing_block_size
@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        data_collator=PaddingCollator(
+            tokenizer.pad_token_id, lengths=packed_row_lengths(training_args, pack_block_size)
+        ),
         processing_class=tokenizer,
     )
     reliability.attach(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training
