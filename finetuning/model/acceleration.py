@@ -9,9 +9,9 @@ slower on packed 7B data, which FlexAttention makes moot for packed runs (docs/p
 
 Users should get a fast run without knowing the switches, and every switch here is safe to leave on:
 
-* LoRA layers add their update inside the matrix product: ``addmm(base_output, x A^T, B^T, alpha=scaling)``
-  instead of PEFT's separate scale and add, two full-size passes over each adapted layer's output fewer (each
-  way), and no float32 copy of the input.
+* LoRA layers run the project's own forward and backward (finetuning/model/lora_fusion.py): the update added
+  inside the matrix product, one down-projection for the layers that share an input (q, k, v; gate, up), and a
+  hand-written backward that reuses the saved ``x·Aᵀ``.
 * On CUDA, packed blocks attend through FlexAttention: a block-sparse kernel that skips the tiles where one
   sample would meet another, where SDPA would run a dense masked kernel over the whole block.
 * LoRA inputs stay in the autocast dtype. PEFT casts each adapted layer's input to the adapter's float32
@@ -21,7 +21,9 @@ Users should get a fast run without knowing the switches, and every switch here 
 * On CUDA, Liger kernels where installed and the architecture is covered: fused RMSNorm, RoPE and SwiGLU,
   and a fused linear + cross-entropy that never materializes the full-vocabulary float32 logits.
 
-Each is measured, with the levers that did not pay, in docs/performance.md (bench/train_throughput.py).
+Each is measured, with the levers that did not pay, in docs/performance.md (bench/train_throughput.py). Which
+of the project's own levers run, and which are off until measured (per-layer ``torch.compile``, chunked
+cross-entropy), is set in one place: finetuning/model/levers.py.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ Tests marked ``distributed`` start real processes under mpirun (MPICH's Hydra fr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -682,3 +683,54 @@ def test_run_mpi_cpu_without_extra_libraries_pins_gnu_openmp_and_refuses_bad_cho
     ]:
         result = dry_run("run_mpi_cpu.sh", "-n 2 x.py", **(env | {name: value}))
         assert result.returncode == 2 and f"error: {message}" in result.stderr
+
+
+# --- pinning an unbound rank (finetuning/launch/cpu_affinity.py) -------------------------------------------
+
+
+def fake_sysfs(root, siblings: dict[int, str]):
+    for cpu, text in siblings.items():
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "thread_siblings_list").write_text(text + "\n")
+    return root
+
+
+def test_unbound_ranks_get_disjoint_physical_cores_and_no_hyper_thread_siblings(monkeypatch, tmp_path):
+    from finetuning.launch.cpu_affinity import pin_unbound_cpu_rank
+
+    # 4 cores with 2 hyper-threads each, numbered like Linux does: cpu i and cpu i+4 share a core
+    sysfs = fake_sysfs(tmp_path, {cpu: f"{cpu % 4},{cpu % 4 + 4}" for cpu in range(8)})
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    chosen = []
+    for local_rank in range(2):
+        env: dict[str, str] = {}
+        chosen.append(pin_unbound_cpu_rank(env, local_rank, 2, usable=set(range(8)), sys_cpu=sysfs))
+        assert env == {"OMP_NUM_THREADS": "2", "OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}
+    assert chosen == [[0, 1], [2, 3]]
+    # a rank the launcher bound already, or whose thread count the user set, is left alone
+    assert pin_unbound_cpu_rank({}, 0, 2, usable={0, 4}, sys_cpu=sysfs) is None
+    env = {"OMP_NUM_THREADS": "3"}
+    assert pin_unbound_cpu_rank(env, 0, 2, usable=set(range(8)), sys_cpu=sysfs) is None
+    assert env == {"OMP_NUM_THREADS": "3"}
+
+
+def test_plain_mpirun_rank_is_pinned_before_torch_starts_openmp(tmp_path):
+    """A real process, as `mpirun -n 2 python finetune_clm.py` starts local rank 1 (no torch imported yet)."""
+    code = (
+        "import os, sys; from finetuning.launch.environment import setup_launch_environment; "
+        "before = sorted(os.sched_getaffinity(0)); setup_launch_environment(); assert 'torch' not in sys.modules; "
+        "print(before, os.cpu_count()); print(sorted(os.sched_getaffinity(0)), os.environ['OMP_NUM_THREADS'], "
+        "os.environ.get('OMP_PLACES'))"
+    )
+    env = clean_env(**mpi_env("mpich", rank=1, size=2, local_rank=1, local_size=2))
+    from finetuning.launch.cpu_affinity import physical_cores, rank_cores
+
+    result = run(sys.executable, "-c", code, env=env)
+    assert result.returncode == 0, result.stderr
+    before, after = result.stdout.splitlines()
+    usable, cpus = json.loads(before.rsplit(" ", 1)[0]), int(before.rsplit(" ", 1)[1])
+    if len(usable) < cpus:
+        pytest.skip("the test runs bound to some cores already; a bound rank is left alone")
+    expected = rank_cores(physical_cores(set(usable)), 1, 2)
+    assert after == f"{expected} {len(expected)} cores"
