@@ -213,6 +213,7 @@ def test_omp_threads_split_the_usable_cpus_between_local_ranks(monkeypatch, cpus
     setup_launch_environment(env)
 
     assert env["OMP_NUM_THREADS"] == expected
+    assert env["TORCHINDUCTOR_COMPILE_THREADS"] == expected  # compile workers: the rank's share too
 
 
 def test_omp_threads_set_by_the_user_are_kept():
