@@ -20,6 +20,11 @@ logger = logging.getLogger("finetuning")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    from finetuning.launch.environment import setup_launch_environment
+
+    # launch environment first: an unbound CPU rank is pinned to its cores before importing torch starts OpenMP
+    setup_launch_environment()
+
     from functools import partial
 
     from transformers import AutoModelForCausalLM, Trainer
@@ -31,8 +36,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from finetuning.data.preprocessing import build_split_datasets
     from finetuning.data.splits import load_splits
     from finetuning.data.templates import get_template
-    from finetuning.launch.environment import setup_launch_environment
-    from finetuning.model.acceleration import optimize_for_training
+    from finetuning.model.acceleration import optimize_for_training, packed_row_lengths
     from finetuning.model.arguments import ModelArguments, PeftArguments
     from finetuning.model.loading import added_token_ids, load_config, load_model, load_tokenizer, resolve_dtype
     from finetuning.model.packing_support import packing_block_size
@@ -47,8 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_and_save,
     )
 
-    # launch environment -> arguments
-    setup_launch_environment()
+    # arguments
     arguments = parse_arguments((ModelArguments, DataArguments, PeftArguments, FinetuneTrainingArguments), argv)
     model_args, data_args, peft_args, training_args = arguments
     setup_logging(training_args)
@@ -104,7 +107,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        data_collator=PaddingCollator(
+            tokenizer.pad_token_id, lengths=packed_row_lengths(training_args, pack_block_size)
+        ),
         processing_class=tokenizer,
     )
     reliability.attach(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training

@@ -23,6 +23,11 @@ logger = logging.getLogger("finetuning")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    from finetuning.launch.environment import setup_launch_environment
+
+    # launch environment first: an unbound CPU rank is pinned to its cores before importing torch starts OpenMP
+    setup_launch_environment()
+
     from functools import partial
 
     from transformers import AutoModelForSeq2SeqLM
@@ -33,7 +38,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from finetuning.data.seq2seq import Seq2SeqPaddingCollator, encode_seq2seq_record
     from finetuning.data.splits import load_splits
     from finetuning.data.templates import get_template
-    from finetuning.launch.environment import setup_launch_environment
     from finetuning.model.acceleration import optimize_for_training
     from finetuning.model.arguments import ModelArguments, PeftArguments
     from finetuning.model.loading import added_token_ids, load_config, load_model, load_tokenizer, resolve_dtype
@@ -55,8 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         use_per_batch_mean_loss,
     )
 
-    # launch environment -> arguments
-    setup_launch_environment()
+    # arguments
     arguments = parse_arguments(
         (ModelArguments, Seq2SeqDataArguments, PeftArguments, Seq2SeqFinetuneTrainingArguments), argv
     )

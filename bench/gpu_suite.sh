@@ -1,22 +1,50 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/performance.md in one device call (the lent machine has no `datasets`,
 # `liger-kernel`, or this project's transformers/peft pins: they travel as wheels in .whl/, and the shared
-# data in .bench/data/). Usage on the device machine:  bash bench/gpu_suite.sh [fixed|real|all]
+# data in .bench/data/). Every table starts with the plain HF Trainer + PEFT baseline of the same run, so the
+# printed ratios are against it. Usage on the device machine:  bash bench/gpu_suite.sh [fixed|levers|real|warmup|all]
+#   fixed:  baseline, the peers' switches (Liger, torch.compile, both) on the plain path, the project's defaults
+#   levers: the project with each lever of finetuning/model/levers.py flipped, one at a time
+#   real:   real data padded / naive concatenation / packed
+#   warmup: time to the first optimizer step on the issue's small 4-layer model, each variant in a fresh process
+#           with a fresh inductor cache (cold), then the project once more with the warm cache
 set -euo pipefail
+if [[ ! -d .whl ]] && [[ -d ../shared/wheels-gpu ]]; then mkdir -p .whl && cp ../shared/wheels-gpu/*.whl .whl/; fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 out=${OUT:-.bench/out}; mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+python3 -c "import liger_kernel" 2>/dev/null && echo "liger-kernel installed" || echo "liger-kernel NOT installed"
+b7=(bench/train_throughput.py --preset llama7b --device cuda --seq 2048 --batch 4 --steps ${STEPS:-8} --warmup 3)
+quiet() { grep -vE "Warning|warn\(" | tee "$1"; }
 what=${1:-all}
 if [[ $what == fixed || $what == all ]]; then
-  python3 bench/train_throughput.py --preset llama7b --device cuda --seq 2048 --batch 4 --steps 10 --warmup 3 \
-    --variants "${FIXED_VARIANTS:-baseline,project,project+nofuse,project+plain+liger,project+dropout05,project+ckpt}" \
-    --json "$out/fixed.json" 2>&1 | grep -vE "Warning|warn\(" | tee "$out/fixed.log"
+  python3 "${b7[@]}" --json "$out/fixed.json" --variants \
+    "${FIXED_VARIANTS:-baseline,baseline+liger,baseline+compile,baseline+liger+compile,project,project+ckpt}" 2>&1 \
+    | quiet "$out/fixed.log"
+fi
+if [[ $what == levers || $what == all ]]; then
+  python3 "${b7[@]}" --json "$out/levers.json" --variants \
+    "${LEVER_VARIANTS:-baseline,project,project+noshared,project+nofn,project+noshared+nofn,project+nofuse,project+layercompile,project+adamw}" \
+    2>&1 | quiet "$out/levers.log"
 fi
 if [[ $what == real || $what == all ]]; then
   python3 bench/train_throughput.py --preset llama7b --device cuda --seq 2048 --batch 4 --padded_batch 8 \
-    --steps 10 --warmup 3 --data real --data_dir .bench/data --layouts padmax,padded,naive,packed \
-    --variants "${REAL_VARIANTS:-project,project+noflex,project+noflex+noguard}" \
-    --json "$out/real.json" 2>&1 | grep -vE "Warning|warn\(" | tee "$out/real.log"
+    --steps ${STEPS:-8} --warmup 3 --data real --data_dir .bench/data --layouts naive,packed \
+    --variants "${REAL_VARIANTS:-project,project+nobucket,project+noflex}" \
+    --json "$out/real.json" 2>&1 | quiet "$out/real.log"
+fi
+if [[ $what == warmup || $what == all ]]; then
+  for variant in ${WARMUP_VARIANTS:-project+plain project project+nobucket}; do
+    cache=$(mktemp -d)
+    TORCHINDUCTOR_CACHE_DIR=$cache python3 bench/train_throughput.py --preset llama4layer --device cuda --seq 2048 \
+      --batch 4 --steps 77 --warmup 3 --data real --data_dir .bench/data --layouts packed --variants "$variant" \
+      --json "$out/warmup_${variant//+/_}.json" 2>&1 | quiet "$out/warmup_${variant//+/_}.log"
+    if [[ $variant == project ]]; then  # the same again, compiled kernels now in the on-disk cache
+      TORCHINDUCTOR_CACHE_DIR=$cache python3 bench/train_throughput.py --preset llama4layer --device cuda --seq 2048 \
+        --batch 4 --steps 77 --warmup 3 --data real --data_dir .bench/data --layouts packed --variants project \
+        --json "$out/warmup_project_warm.json" 2>&1 | quiet "$out/warmup_project_warm.log"
+    fi
+  done
 fi

@@ -34,6 +34,7 @@ PRESETS = {  # Llama-shaped configs: (hidden, intermediate, layers, heads, kv he
     "llama7b": (4096, 11008, 32, 32, 32, 32000),
     "llama1b": (2048, 5632, 22, 32, 4, 32000),
     "llama110m": (768, 2048, 12, 12, 12, 32000),
+    "llama4layer": (2048, 5632, 4, 32, 4, 32000),  # the issue's small warm-up model: 1B width, 4 layers
     "tiny": (64, 128, 2, 4, 4, 512),
 }
 PEAK_TFLOPS = {"cuda": 989.0, "cpu": 4.1}  # H100 SXM dense bf16 datasheet; 16-core AMX bf16 4096^3 measured
@@ -121,15 +122,42 @@ def layout(samples: list[dict[str, list[int]]], kind: str, block: int) -> list[d
 class CountingCollator:
     """The project's collator, recording the non-pad tokens of every batch it makes, in order."""
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(
+        self, pad_token_id: int, pad_to_multiple_of: int | None = None, lengths: tuple[int, ...] | None = None
+    ) -> None:
         from finetuning.data.collator import PaddingCollator
 
-        self.inner = PaddingCollator(pad_token_id, pad_to_multiple_of)
+        self.inner = PaddingCollator(pad_token_id, pad_to_multiple_of, lengths)
         self.tokens: list[int] = []
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         self.tokens.append(sum(len(feature["input_ids"]) for feature in features))
         return self.inner(features)
+
+
+LEVER_SWITCHES = {  # variant suffix -> SpeedLevers field and value (finetuning/model/levers.py has the defaults)
+    "nofuse": ("fused_lora", False),
+    "noshared": ("shared_lora_down", False),
+    "nofn": ("lora_function", False),
+    "layercompile": (("compile_layers_cuda", "compile_layers_cpu"), True),
+    "nolayercompile": (("compile_layers_cuda", "compile_layers_cpu"), False),
+    "chunkce": ("chunked_cross_entropy", True),
+    "nochunkce": ("chunked_cross_entropy", False),
+    "nobucket": ("packed_length_buckets", 0),
+}
+
+
+def speed_levers(levers: set[str]) -> Any:
+    """The project's defaults with this variant's switches flipped."""
+    import dataclasses
+
+    from finetuning.model.levers import DEFAULT_LEVERS
+
+    changes: dict[str, Any] = {}
+    for lever in levers & LEVER_SWITCHES.keys():
+        fields, value = LEVER_SWITCHES[lever]
+        changes.update(dict.fromkeys((fields,) if isinstance(fields, str) else fields, value))
+    return dataclasses.replace(DEFAULT_LEVERS, **changes)
 
 
 def run_variant(
@@ -138,14 +166,14 @@ def run_variant(
     import torch
     from transformers import Trainer, TrainerCallback
 
-    from finetuning.model import acceleration
-    from finetuning.model.acceleration import fuse_lora_updates, optimize_for_training
+    from finetuning.model.acceleration import optimize_for_training, packed_row_lengths
     from finetuning.model.arguments import PeftArguments
     from finetuning.model.peft_setup import apply_peft, build_peft_config
     from finetuning.training.arguments import FinetuneTrainingArguments
 
     project = name.startswith("project")
     levers = set(name.split("+")[1:])
+    speed = speed_levers(levers)
     cuda = options.device == "cuda"
     bf16 = options.precision == "bf16"
     # Weights: the GPU baseline loads bf16 (as measured in the issue); the CPU baseline keeps float32 weights
@@ -182,17 +210,18 @@ def run_variant(
         dataloader_pin_memory=cuda,
         auto_optimize=project,
         torch_compile="compile" in levers,
+        optim="adamw_torch" if "adamw" in levers else FinetuneTrainingArguments.optim,  # default: fused on torch>=2.8
         gradient_checkpointing=checkpointing,
         overwrite_output_dir=True,
         train_sampling_strategy="sequential",  # same batches in the same order for every variant
     )
-    if "nofuse" in levers:  # measure the fused LoRA update by leaving it out
-        acceleration.fuse_lora_updates = lambda model: 0
     packed = "position_ids" in samples[0]
+    torch._dynamo.reset()  # every variant compiles its own kernels (the on-disk inductor cache stays)
     applied = optimize_for_training(
-        model, args, enabled=project and "plain" not in levers, packed=packed and "noflex" not in levers
+        model, args, enabled=project and "plain" not in levers, packed=packed and "noflex" not in levers, levers=speed
     )
-    acceleration.fuse_lora_updates = fuse_lora_updates
+    # packed rows padded to the few lengths finetune_clm.py uses where kernels are compiled per shape
+    lengths = packed_row_lengths(args, options.seq, speed) if packed and not pad_to and "plain" not in levers else None
     if "noguard" in levers:  # measure the masked-attention guard by removing it (finetuning.model.acceleration)
         from transformers import AttentionInterface
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -200,14 +229,17 @@ def run_variant(
         AttentionInterface.register("sdpa", sdpa_attention_forward)
     if "liger" in levers and not args.use_liger_kernel:
         args.use_liger_kernel = True
-    collator = CountingCollator(pad_token_id=3, pad_to_multiple_of=pad_to)
+    collator = CountingCollator(pad_token_id=3, pad_to_multiple_of=pad_to, lengths=lengths)
     marks: dict[str, float] = {}
 
     class Clock(TrainerCallback):
+        def on_train_begin(self, _args, _state, _control, **_kwargs):
+            marks["begin"] = time.perf_counter()
+
         def on_step_end(self, _args, state, _control, **_kwargs):
             if cuda:
                 torch.cuda.synchronize()
-            if state.global_step in (options.warmup, options.warmup + options.steps):
+            if state.global_step in (1, options.warmup, options.warmup + options.steps):
                 marks[str(state.global_step)] = time.perf_counter()
 
     trainer = Trainer(model=model, args=args, train_dataset=samples, data_collator=collator, callbacks=[Clock()])
@@ -227,6 +259,9 @@ def run_variant(
         "seconds": seconds,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
         "first_loss": losses[0] if losses else float("nan"),
+        # time to the first optimizer step (compilation included) and to the end of the untimed steps
+        "first_step_s": marks["1"] - marks["begin"],
+        "warmup_s": marks[str(max(options.warmup, 1))] - marks["begin"],
         # a step whose gradient norm is not finite trained nothing (cuDNN attention under masks, see acceleration)
         "finite_grads": all(math.isfinite(e.get("grad_norm", 0.0)) for e in trainer.state.log_history),
         "applied": applied,
@@ -259,8 +294,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument(
         "--variants",
         default="baseline,project",
-        help="baseline | project, with +levers: dropout05, liger, compile, plain, bf16w, nofuse, ckpt, noflex, noguard,"
-        " bN (batch N)",
+        help="baseline | project, with +levers: dropout05, liger, compile (HF --torch_compile), plain, bf16w, ckpt, "
+        "noflex, noguard, adamw (unfused), bN (batch N), and the SpeedLevers switches: " + ", ".join(LEVER_SWITCHES),
     )
     parser.add_argument("--work", type=Path, default=REPO / ".bench")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -297,12 +332,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if int(os.environ.get("RANK", "0")) != 0:  # one report per job
         return results
     base = results[0]["tokens_per_s"]
-    print(f"\n{'variant':32} {'tokens/s':>10} {'ratio':>6} {'peak GiB':>9} {'MFU':>6} {'first loss':>10} grads")
+    print(
+        f"\n{'variant':32} {'tokens/s':>10} {'ratio':>6} {'peak GiB':>9} {'MFU':>6} {'first loss':>10} "
+        f"{'1st step s':>10} {'warm-up s':>9} grads"
+    )
     for result in results:
         print(
             f"{result['variant']:32} {result['tokens_per_s']:10.0f} {result['tokens_per_s'] / base:6.2f} "
             f"{result['peak_gib']:9.1f} {100 * result['mfu']:5.1f}% {result['first_loss']:10.4f} "
-            f"{'finite' if result['finite_grads'] else 'NaN'}"
+            f"{result['first_step_s']:10.1f} {result['warmup_s']:9.1f} {'finite' if result['finite_grads'] else 'NaN'}"
         )
     if options.json:
         options.json.write_text(json.dumps(results, indent=2))

@@ -76,16 +76,24 @@ def exit_if_process_group(exit_code: int) -> None:
     when the main thread has meanwhile begun finalizing the interpreter, Python < 3.14 ends that thread by
     unwinding it, and the rank aborts with "terminate called without an active exception" (SIGABRT) after a
     complete, saved run (pytorch/pytorch#190489). ``destroy_process_group`` does not prevent it while DDP
-    still holds the group. So a rank does what normal shutdown does up to that point (join non-daemon threads,
-    run the atexit handlers, finalize MPI if mpi4py started it, flush) and then leaves with ``os._exit``.
+    still holds the group. So a rank does what normal shutdown does up to that point (threading's exit hooks and
+    the join of non-daemon threads, the atexit handlers, MPI's finalization if mpi4py started it, a flush) and then
+    leaves with ``os._exit``.
     Returns, doing nothing, in a process without a process group (a single process, or one already destroyed).
     """
     dist = sys.modules.get("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # As the interpreter's own shutdown begins: threading's exit hooks first (they stop the idle workers of
+    # concurrent.futures pools, such as the one torch.compile's inductor compiles in; joined without them, those
+    # workers wait for work forever and the rank never exits), then the join of every non-daemon thread.
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    else:
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
     atexit._run_exitfuncs()
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():

@@ -9,11 +9,19 @@
 #   MPIRUN=/opt/intel/oneapi/mpi/latest/bin/mpirun scripts/run_mpi_cpu.sh --dry-run -n 4 finetune_clm.py ...
 #
 # Works with Intel MPI, MPICH and Open MPI (detected from `mpirun --version`). The script itself maps MPI's
-# variables (finetuning/launch/environment.py); this wrapper only sizes and pins the ranks.
+# variables (finetuning/launch/environment.py); this wrapper sizes and pins the ranks and sets up each rank's
+# runtime (every choice is printed, and --dry-run prints it without starting anything):
+#   CPU_ALLOCATOR=auto|jemalloc|tcmalloc|none|/path/lib.so  preloaded into every rank (auto: jemalloc, else
+#       tcmalloc, else glibc's); CPU_LIB_DIRS=dir1:dir2 is searched first (e.g. where the Debian packages
+#       libjemalloc2 / libtcmalloc-minimal4 were unpacked), then the Python environment's lib/ and the system's.
+#   CPU_OPENMP=auto|intel|gnu  Intel's OpenMP (libiomp5.so, pip intel-openmp) preloaded with KMP_AFFINITY and
+#       KMP_BLOCKTIME when found (auto), else GNU OpenMP with OMP_PROC_BIND=close OMP_PLACES=cores: one thread
+#       per physical core of the rank's own cores, never a hyper-thread sibling.
 set -euo pipefail
 
 USAGE="Runs \$PYTHON (default python3) SCRIPT.py under \$MPIRUN (default mpirun) with oneCCL and OpenMP set up for CPUs."
 source "$(dirname "${BASH_SOURCE[0]}")/_mpi_launch.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_cpu_runtime.sh"
 
 CORES_PER_RANK="${CORES_PER_RANK:-4}"
 if ! [[ "$CORES_PER_RANK" =~ ^[1-9][0-9]*$ ]]; then
@@ -26,5 +34,7 @@ if ((DEFAULT_PPN < $(cpu_sockets))); then DEFAULT_PPN=$(cpu_sockets); fi
 export CCL_WORKER_COUNT="${CCL_WORKER_COUNT:-1}"
 FORWARD_VARS=(OMP_NUM_THREADS CCL_WORKER_COUNT CCL_ATL_TRANSPORT FI_PROVIDER MASTER_ADDR MASTER_PORT
     GLOO_SOCKET_IFNAME)
+cpu_runtime_setup  # LD_PRELOAD, MALLOC_CONF, KMP_* / OMP_PROC_BIND: set here, forwarded to the ranks only
+FORWARD_VARS+=(LD_PRELOAD MALLOC_CONF KMP_AFFINITY KMP_BLOCKTIME OMP_PROC_BIND OMP_PLACES)
 
 mpi_launch "$@"

@@ -16,15 +16,31 @@ def test_fixed_length_smoke_compares_baseline_and_project_with_the_same_first_lo
     result = run_script(
         "bench/train_throughput.py",
         *("--preset", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--seq", "64"),
-        *("--variants", "baseline,project,project+nofuse,project+ckpt", "--work", tmp_path, "--json", report),
+        *(
+            "--variants",
+            "baseline,project,project+nofuse,project+noshared+nofn,project+chunkce,project+ckpt",
+            "--work",
+            tmp_path,
+            "--json",
+            report,
+        ),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(report.read_text())
-    assert [r["variant"] for r in results] == ["baseline", "project", "project+nofuse", "project+ckpt"]
+    assert [r["variant"] for r in results] == [
+        "baseline",
+        "project",
+        "project+nofuse",
+        "project+noshared+nofn",
+        "project+chunkce",
+        "project+ckpt",
+    ]
     assert all(r["tokens_per_s"] > 0 and r["finite_grads"] for r in results)
     losses = [r["first_loss"] for r in results]
     assert max(losses) - min(losses) < 2e-2  # same batch, same weights: only rounding differs
     assert "LoRA updates fused into one matrix product" in results[1]["applied"]
+    assert "chunked cross-entropy" in results[4]["applied"] and "chunked cross-entropy" not in results[1]["applied"]
+    assert all(0 < r["first_step_s"] <= r["warmup_s"] for r in results)
     assert "ratio" in result.stdout
 
 

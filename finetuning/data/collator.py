@@ -17,10 +17,22 @@ from finetuning.data.samples import IGNORE_INDEX
 PACKED_PAD_MULTIPLE = 128
 
 
+def length_buckets(block: int, buckets: int) -> tuple[int, ...]:
+    """``buckets`` row lengths up to ``block``, evenly spaced, each a multiple of ``PACKED_PAD_MULTIPLE``.
+
+    A compiled kernel (FlexAttention, its block mask, ``--torch_compile``) is specialised per row length: a new
+    length means a recompile (or, after the second one, a slower dynamic-shape kernel), so packed rows are
+    padded to one of a few lengths instead of any multiple of 128.
+    """
+    step = -(-block // buckets)
+    rounded = {-(-step * i // PACKED_PAD_MULTIPLE) * PACKED_PAD_MULTIPLE for i in range(1, buckets + 1)}
+    return tuple(sorted({min(block, length) for length in rounded}))
+
+
 @dataclass
 class PaddingCollator:
     """Right-pads each batch to its longest member (rounded up to ``pad_to_multiple_of``; packed batches to
-    ``PACKED_PAD_MULTIPLE`` unless it is given).
+    ``PACKED_PAD_MULTIPLE`` unless it is given; to the shortest of ``lengths`` that fits, when given).
 
     Padded samples get an ``attention_mask``. Packed blocks (which carry ``position_ids``) get none, so the
     model derives the per-sample causal mask from the restarting position ids; their padding tail forms a
@@ -30,6 +42,7 @@ class PaddingCollator:
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    lengths: tuple[int, ...] | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -39,6 +52,8 @@ class PaddingCollator:
         longest = max(len(feature["input_ids"]) for feature in features)
         if multiple:
             longest = -(-longest // multiple) * multiple
+        if self.lengths:
+            longest = next((length for length in sorted(self.lengths) if length >= longest), longest)
         batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
         batch["position_ids" if packed else "attention_mask"] = []
         for feature in features:

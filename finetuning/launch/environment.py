@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 from finetuning.errors import UserError
+from finetuning.launch.cpu_affinity import pin_unbound_cpu_rank
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +113,13 @@ def setup_launch_environment(environ: MutableMapping[str, str] | None = None) ->
     if "MASTER_ADDR" not in env:
         env["MASTER_ADDR"] = _master_address(launch)
     env.setdefault("MASTER_PORT", DEFAULT_MASTER_PORT)
+    if launcher != "torchrun":  # an unbound MPI rank: its own physical cores (finetuning/launch/cpu_affinity.py)
+        pin_unbound_cpu_rank(env, local_rank, local_world_size)
     if "OMP_NUM_THREADS" not in env:
         _split_cpu_threads(env, local_world_size, apply_to_torch=environ is None)
+    # torch.compile's inductor starts a compile worker per CPU in each rank; N ranks compiling at once would
+    # start N times as many as there are CPUs. Each rank gets its share, as for OpenMP.
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", env["OMP_NUM_THREADS"])
     logger.info("launch: %s, rendezvous at %s:%s", launch, env["MASTER_ADDR"], env["MASTER_PORT"])
     return launch
 

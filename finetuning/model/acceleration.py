@@ -9,9 +9,9 @@ slower on packed 7B data, which FlexAttention makes moot for packed runs (docs/p
 
 Users should get a fast run without knowing the switches, and every switch here is safe to leave on:
 
-* LoRA layers add their update inside the matrix product: ``addmm(base_output, x A^T, B^T, alpha=scaling)``
-  instead of PEFT's separate scale and add, two full-size passes over each adapted layer's output fewer (each
-  way), and no float32 copy of the input.
+* LoRA layers run the project's own forward and backward (finetuning/model/lora_fusion.py): the update added
+  inside the matrix product, one down-projection for the layers that share an input (q, k, v; gate, up), and a
+  hand-written backward that reuses the saved ``x·Aᵀ``.
 * On CUDA, packed blocks attend through FlexAttention: a block-sparse kernel that skips the tiles where one
   sample would meet another, where SDPA would run a dense masked kernel over the whole block.
 * LoRA inputs stay in the autocast dtype. PEFT casts each adapted layer's input to the adapter's float32
@@ -21,7 +21,9 @@ Users should get a fast run without knowing the switches, and every switch here 
 * On CUDA, Liger kernels where installed and the architecture is covered: fused RMSNorm, RoPE and SwiGLU,
   and a fused linear + cross-entropy that never materializes the full-vocabulary float32 logits.
 
-Each is measured, with the levers that did not pay, in docs/performance.md (bench/train_throughput.py).
+Each is measured, with the levers that did not pay, in docs/performance.md (bench/train_throughput.py). Which
+of the project's own levers run, and which are off until measured (per-layer ``torch.compile``, chunked
+cross-entropy), is set in one place: finetuning/model/levers.py.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 from typing import Any
+
+from finetuning.data.collator import length_buckets
+from finetuning.model.chunked_loss import chunk_cross_entropy
+from finetuning.model.flex_shapes import compile_flex_attention_per_shape
+from finetuning.model.levers import DEFAULT_LEVERS, SpeedLevers
+from finetuning.model.lora_fusion import fuse_lora_updates
+
+__all__ = ["fuse_lora_updates", "optimize_for_training", "packed_row_lengths"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,51 +68,6 @@ def keep_lora_inputs_in_compute_dtype(model: Any) -> int:
             module.register_forward_pre_hook(_follow_autocast)
             switched += 1
     return switched
-
-
-def fuse_lora_updates(model: Any) -> int:
-    """Give each plain LoRA linear layer the fused forward; returns how many layers got it.
-
-    The fused path runs only for the case it reproduces exactly: one active, unmerged, plain LoRA adapter
-    (no DoRA or other variant) and either autocast on or one dtype throughout. Anything else (adapters
-    disabled, several adapters, mixed-batch inference) goes through PEFT's own forward, decided per call.
-    """
-    try:
-        from peft.tuners.lora.layer import Linear as LoraLinear
-    except ImportError:
-        return 0
-    fused = 0
-    for module in model.modules():
-        if type(module) is LoraLinear and not getattr(module, "_fused_lora_update", False):
-            module.forward = _fused_forward(module, module.forward)
-            module._fused_lora_update = True
-            fused += 1
-    return fused
-
-
-def _fused_forward(layer: Any, peft_forward: Any) -> Any:
-    import torch
-    import torch.nn.functional as F
-
-    def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
-        active = layer.active_adapters
-        if args or kwargs or layer.disable_adapters or layer.merged or len(active) != 1:
-            return peft_forward(x, *args, **kwargs)
-        name = active[0]
-        if name not in layer.lora_A or name in layer.lora_variant:
-            return peft_forward(x, *args, **kwargs)
-        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
-        autocast = torch.is_autocast_enabled(x.device.type)
-        if not autocast and not (x.dtype == a.dtype == b.dtype == layer.base_layer.weight.dtype):
-            return peft_forward(x, *args, **kwargs)
-        result = layer.base_layer(x)
-        down = F.linear(layer.lora_dropout[name](x), a)
-        flat = torch.addmm(
-            result.reshape(-1, result.shape[-1]), down.reshape(-1, down.shape[-1]), b.t(), alpha=layer.scaling[name]
-        )
-        return flat.view(result.shape)
-
-    return forward
 
 
 def avoid_cudnn_attention_with_masks() -> bool:
@@ -154,19 +119,26 @@ def liger_supports(model_type: str) -> bool:
     return model_type in MODEL_TYPE_TO_APPLY_LIGER_FN
 
 
-def optimize_for_training(model: Any, training_args: Any, *, enabled: bool, packed: bool = False) -> list[str]:
+def optimize_for_training(
+    model: Any, training_args: Any, *, enabled: bool, packed: bool = False, levers: SpeedLevers = DEFAULT_LEVERS
+) -> list[str]:
     """Apply the safe speed-ups for this device; returns their names (for the log). Call before the Trainer
     is built: it reads ``use_liger_kernel`` when constructed. The attention guard is applied whatever
-    ``enabled`` says."""
+    ``enabled`` says; ``levers`` (finetuning/model/levers.py) says which of the project's own ones run."""
     if not training_args.use_cpu:
         avoid_cudnn_attention_with_masks()
     if not enabled:
         return []
     applied = []
-    if fuse_lora_updates(model):
+    cuda = _uses_cuda(training_args)
+    if levers.fused_lora and fuse_lora_updates(
+        model, shared_down=levers.shared_lora_down, function=levers.lora_function
+    ):
         applied.append("LoRA updates fused into one matrix product")
-    if packed and _uses_cuda(training_args) and use_flex_attention(model):
+    if packed and cuda and use_flex_attention(model):
         applied.append("FlexAttention over packed blocks")
+        if levers.packed_length_buckets and compile_flex_attention_per_shape():
+            applied.append(f"FlexAttention compiled once per row length ({levers.packed_length_buckets} lengths)")
     if (training_args.bf16 or training_args.fp16) and keep_lora_inputs_in_compute_dtype(model):
         applied.append("LoRA inputs kept in the autocast dtype")
     if training_args.ddp_find_unused_parameters is None and training_args.world_size > 1:
@@ -175,12 +147,37 @@ def optimize_for_training(model: Any, training_args: Any, *, enabled: bool, pack
         training_args.ddp_find_unused_parameters = False
         applied.append("DDP without the unused-parameter search")
     model_type = getattr(getattr(model, "config", None), "model_type", "")
-    if _uses_cuda(training_args) and not training_args.use_liger_kernel and liger_supports(model_type):
+    if cuda and not training_args.use_liger_kernel and liger_supports(model_type):
         training_args.use_liger_kernel = True
         applied.append("Liger kernels")
+    if levers.chunked_cross_entropy and not training_args.use_liger_kernel and chunk_cross_entropy(model):
+        applied.append("chunked cross-entropy")
+    compile_layers = levers.compile_layers_cuda if cuda else levers.compile_layers_cpu
+    if compile_layers and not training_args.torch_compile and compile_decoder_layers(model):
+        applied.append("torch.compile per decoder layer")
     if applied:
         logger.info("speed-ups (--auto_optimize): %s", ", ".join(applied))
     return applied
+
+
+def packed_row_lengths(
+    training_args: Any, block: int | None, levers: SpeedLevers = DEFAULT_LEVERS
+) -> tuple[int, ...] | None:
+    """The lengths the collator pads packed rows to where kernels are compiled per shape (FlexAttention on CUDA,
+    ``--torch_compile``); None (any multiple of 128, the least padding) elsewhere or with ``--auto_optimize False``."""
+    compiled = _uses_cuda(training_args) or training_args.torch_compile
+    if not block or not training_args.auto_optimize or not levers.packed_length_buckets or not compiled:
+        return None
+    return length_buckets(block, levers.packed_length_buckets)
+
+
+def compile_decoder_layers(model: Any) -> int:
+    """``torch.compile`` each decoder layer in place (one graph per layer class, reused by every layer of it);
+    returns how many were compiled. Embeddings, the output layer and the loss stay eager."""
+    layers = [module for module in model.modules() if type(module).__name__.endswith("DecoderLayer")]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
 
 
 def _uses_cuda(training_args: Any) -> bool:

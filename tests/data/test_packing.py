@@ -184,3 +184,28 @@ def test_packed_equals_unpacked_under_flex_attention(tiny_tokenizer, samples):
     assert_packed_equals_unpacked(model, samples)
     gpt2 = transformers.AutoModelForCausalLM.from_config(build_config("gpt2", tiny_tokenizer))
     assert not use_flex_attention(gpt2) and gpt2.config._attn_implementation == "sdpa"  # no flex: unchanged
+
+
+def test_packed_rows_are_padded_to_the_shortest_bucket_length_that_fits():
+    from finetuning.data.collator import length_buckets
+
+    assert length_buckets(2048, 4) == (512, 1024, 1536, 2048)
+    assert length_buckets(1000, 3) == (384, 768, 1000)  # multiples of 128, never past the block
+    collator = PaddingCollator(pad_token_id=0, lengths=length_buckets(2048, 4))
+    rows = [{"input_ids": [5] * n, "labels": [5] * n, "position_ids": list(range(n))} for n in (600, 300)]
+    batch = collator(rows)
+    assert batch["input_ids"].shape == (2, 1024)
+    assert batch["labels"][1, 300:].eq(IGNORE_INDEX).all()
+    assert PaddingCollator(pad_token_id=0)(rows)["input_ids"].shape == (2, 640)  # no buckets: a multiple of 128
+
+
+def test_bucket_lengths_apply_where_kernels_are_compiled_per_shape():
+    from finetuning.model.acceleration import packed_row_lengths
+
+    args = SimpleNamespace(auto_optimize=True, torch_compile=False, use_cpu=True)
+    assert packed_row_lengths(args, 2048) is None  # eager CPU: the least padding wins
+    args.torch_compile = True
+    assert packed_row_lengths(args, 2048) == (512, 1024, 1536, 2048)
+    assert packed_row_lengths(args, None) is None  # not packed
+    args.auto_optimize = False
+    assert packed_row_lengths(args, 2048) is None

@@ -6,6 +6,7 @@ Tests marked ``distributed`` start real processes under mpirun (MPICH's Hydra fr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -212,6 +213,7 @@ def test_omp_threads_split_the_usable_cpus_between_local_ranks(monkeypatch, cpus
     setup_launch_environment(env)
 
     assert env["OMP_NUM_THREADS"] == expected
+    assert env["TORCHINDUCTOR_COMPILE_THREADS"] == expected  # compile workers: the rank's share too
 
 
 def test_omp_threads_set_by_the_user_are_kept():
@@ -645,3 +647,91 @@ def test_run_mpi_cpu_defaults_to_a_rank_per_four_cores_at_least_one_per_socket(f
     assert ranks >= max(1, cores // 4) and threads == max(1, cores // ranks)
     bad = dry_run("run_mpi_cpu.sh", "x.py", MPIRUN=mpirun, CORES_PER_RANK="four")
     assert bad.returncode == 2 and "CORES_PER_RANK must be a positive integer" in bad.stderr
+
+
+def test_run_mpi_cpu_preloads_the_allocator_and_intel_openmp_it_finds(fake_mpirun, tmp_path):
+    libs = tmp_path / "unpacked-debs"
+    libs.mkdir()
+    for name in ("libjemalloc.so.2", "libtcmalloc_minimal.so.4", "libiomp5.so"):
+        (libs / name).write_bytes(b"")
+    result = dry_run("run_mpi_cpu.sh", "-n 2 -ppn 2 -t 4 x.py", MPIRUN=fake_mpirun("hydra"), CPU_LIB_DIRS=str(libs))
+    assert result.returncode == 0, result.stderr
+    command = result.stderr.splitlines()[-1].replace("\\,", ",")  # printf %q escapes the commas
+    assert f"-genv LD_PRELOAD {libs}/libjemalloc.so.2:{libs}/libiomp5.so" in command  # jemalloc before tcmalloc
+    assert "-genv KMP_AFFINITY granularity=fine,compact,1,0 -genv KMP_BLOCKTIME 1" in command
+    assert "-genv MALLOC_CONF oversize_threshold:1," in command and "OMP_PROC_BIND" not in command
+    assert f"# CPU runtime: allocator {libs}/libjemalloc.so.2; Intel OpenMP {libs}/libiomp5.so" in result.stderr
+
+    env = {"MPIRUN": fake_mpirun("openmpi"), "CPU_LIB_DIRS": str(libs), "CPU_ALLOCATOR": "tcmalloc"}
+    result = dry_run("run_mpi_cpu.sh", "-n 2 -ppn 2 -t 4 x.py", **env, CPU_OPENMP="gnu")
+    assert result.returncode == 0, result.stderr
+    command = result.stderr.splitlines()[-1]
+    assert f"-x LD_PRELOAD={libs}/libtcmalloc_minimal.so.4 " in command and "MALLOC_CONF" not in command
+    assert "-x OMP_PROC_BIND=close -x OMP_PLACES=cores" in command and "KMP_" not in command
+
+
+def test_run_mpi_cpu_without_extra_libraries_pins_gnu_openmp_and_refuses_bad_choices(fake_mpirun, tmp_path):
+    env = {"MPIRUN": fake_mpirun("hydra"), "CPU_ALLOCATOR": "none", "CPU_OPENMP": "gnu"}
+    result = dry_run("run_mpi_cpu.sh", "-n 2 -ppn 2 -t 4 x.py", **env)
+    assert result.returncode == 0, result.stderr
+    assert "LD_PRELOAD" not in result.stderr.splitlines()[-1]
+    assert "-genv OMP_PROC_BIND close -genv OMP_PLACES cores" in result.stderr
+    assert "# CPU runtime: allocator glibc malloc; GNU OpenMP" in result.stderr
+    for name, value, message in [
+        ("CPU_ALLOCATOR", "hoard", "CPU_ALLOCATOR must be auto, jemalloc, tcmalloc, none or a path"),
+        ("CPU_ALLOCATOR", str(tmp_path / "missing.so"), "CPU_ALLOCATOR: cannot read"),
+        ("CPU_OPENMP", "llvm", "CPU_OPENMP must be auto, intel or gnu"),
+    ]:
+        result = dry_run("run_mpi_cpu.sh", "-n 2 x.py", **(env | {name: value}))
+        assert result.returncode == 2 and f"error: {message}" in result.stderr
+
+
+# --- pinning an unbound rank (finetuning/launch/cpu_affinity.py) -------------------------------------------
+
+
+def fake_sysfs(root, siblings: dict[int, str]):
+    for cpu, text in siblings.items():
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "thread_siblings_list").write_text(text + "\n")
+    return root
+
+
+def test_unbound_ranks_get_disjoint_physical_cores_and_no_hyper_thread_siblings(monkeypatch, tmp_path):
+    from finetuning.launch.cpu_affinity import pin_unbound_cpu_rank
+
+    # 4 cores with 2 hyper-threads each, numbered like Linux does: cpu i and cpu i+4 share a core
+    sysfs = fake_sysfs(tmp_path, {cpu: f"{cpu % 4},{cpu % 4 + 4}" for cpu in range(8)})
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    chosen = []
+    for local_rank in range(2):
+        env: dict[str, str] = {}
+        chosen.append(pin_unbound_cpu_rank(env, local_rank, 2, usable=set(range(8)), sys_cpu=sysfs))
+        assert env == {"OMP_NUM_THREADS": "2", "OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}
+    assert chosen == [[0, 1], [2, 3]]
+    # a rank the launcher bound already, or whose thread count the user set, is left alone
+    assert pin_unbound_cpu_rank({}, 0, 2, usable={0, 4}, sys_cpu=sysfs) is None
+    env = {"OMP_NUM_THREADS": "3"}
+    assert pin_unbound_cpu_rank(env, 0, 2, usable=set(range(8)), sys_cpu=sysfs) is None
+    assert env == {"OMP_NUM_THREADS": "3"}
+
+
+def test_plain_mpirun_rank_is_pinned_before_torch_starts_openmp(tmp_path):
+    """A real process, as `mpirun -n 2 python finetune_clm.py` starts local rank 1 (no torch imported yet)."""
+    code = (
+        "import os, sys; from finetuning.launch.environment import setup_launch_environment; "
+        "before = sorted(os.sched_getaffinity(0)); setup_launch_environment(); assert 'torch' not in sys.modules; "
+        "print(before, os.cpu_count()); print(sorted(os.sched_getaffinity(0)), os.environ['OMP_NUM_THREADS'], "
+        "os.environ.get('OMP_PLACES'))"
+    )
+    env = clean_env(**mpi_env("mpich", rank=1, size=2, local_rank=1, local_size=2))
+    from finetuning.launch.cpu_affinity import physical_cores, rank_cores
+
+    result = run(sys.executable, "-c", code, env=env)
+    assert result.returncode == 0, result.stderr
+    before, after = result.stdout.splitlines()
+    usable, cpus = json.loads(before.rsplit(" ", 1)[0]), int(before.rsplit(" ", 1)[1])
+    if len(usable) < cpus:
+        pytest.skip("the test runs bound to some cores already; a bound rank is left alone")
+    expected = rank_cores(physical_cores(set(usable)), 1, 2)
+    assert after == f"{expected} {len(expected)} cores"

@@ -1,0 +1,33 @@
+"""The defaults of every speed lever of ``--auto_optimize``, in one place.
+
+Each field is one lever of :mod:`finetuning.model.acceleration`; flipping a default here changes what every
+script and the benchmark's ``project`` variant run (bench/train_throughput.py switches each one off or on per
+variant, e.g. ``project+noshared``, ``project+layercompile``). A lever is on by default only when the tests prove
+it changes results by rounding alone and a measurement says it pays (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SpeedLevers:
+    """Which of the project's own speed-ups ``optimize_for_training`` applies."""
+
+    # LoRA update added inside the product, addmm(base, x·Aᵀ, Bᵀ, alpha=scaling) (finetuning/model/lora_fusion.py).
+    fused_lora: bool = True
+    # One down-projection x·[A_q; A_k; A_v]ᵀ (and [A_gate; A_up]) for the adapted layers that share an input.
+    shared_lora_down: bool = True
+    # The hand-written LoRA autograd Function (reuses the saved x·Aᵀ; no casts or transposes in backward).
+    lora_function: bool = True
+    # torch.compile each decoder layer (inductor) on CUDA / on the CPU.
+    compile_layers_cuda: bool = False
+    compile_layers_cpu: bool = False
+    # Cross-entropy over the vocabulary in chunks of tokens, never a float32 copy of all logits (no Liger).
+    chunked_cross_entropy: bool = False
+    # Packed rows padded to one of this many lengths (fractions of the block): few shapes for compiled kernels.
+    packed_length_buckets: int = 4
+
+
+DEFAULT_LEVERS = SpeedLevers()
