@@ -18,6 +18,19 @@ from finetuning.inference.arguments import InferenceArguments
 from finetuning.inference.serve_arguments import ServeArguments
 
 APP_NAME = "finetuning"
+# Ray advertises a local node on the machine's network address unless its cluster mode is off (as on macOS): off,
+# every Ray process binds 127.0.0.1. Read when ray is imported; Ray's processes inherit it.
+LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _bind_replica_grpc_to_loopback() -> None:
+    """Ray Serve replicas open their inter-deployment gRPC port on every interface ("[::]:0") whatever the node's
+    address; on a local Ray bound to 127.0.0.1, bind that port there too (other Ray versions: left as they are)."""
+    from ray.serve._private import replica
+
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is not None:
+        replica.add_port_to_grpc_server = lambda server, address: original(server, address.replace("[::]", "127.0.0.1"))
 
 
 class _Replica:
@@ -26,6 +39,8 @@ class _Replica:
     def __init__(self, args: InferenceArguments, serve_args: ServeArguments) -> None:
         from finetuning.inference.serving import build_engine
 
+        if os.environ.get(LOCAL_ONLY) == "0":
+            _bind_replica_grpc_to_loopback()
         self.engine, self.settings = build_engine(args, serve_args)
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -38,6 +53,8 @@ class _Replica:
 
 
 def _import_ray() -> Any:
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault(LOCAL_ONLY, "0")
     try:
         import ray
         from ray import serve
@@ -53,10 +70,8 @@ def deploy(args: InferenceArguments, serve_args: ServeArguments) -> str:
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        options: dict[str, Any] = {"log_to_driver": False}
-        if not address:  # a local Ray: every port on the loopback address, no dashboard
-            options.update(_node_ip_address="127.0.0.1", include_dashboard=False)
-        ray.init(address=address or None, **options)
+        local = {} if address else {"include_dashboard": False}
+        ray.init(address=address or None, log_to_driver=False, **local)
     serve.start(http_options={"host": serve_args.host, "port": serve_args.port})
     deployment = serve.deployment(
         serve.ingress()(_Replica),
@@ -64,6 +79,7 @@ def deploy(args: InferenceArguments, serve_args: ServeArguments) -> str:
         num_replicas=serve_args.num_replicas,
         ray_actor_options={"num_cpus": 0},  # generation threads are torch's; do not make Ray reserve cores
         max_ongoing_requests=max(4 * serve_args.max_batch_size, 64),
+        graceful_shutdown_timeout_s=5,  # on shutdown, requests still running get this long to finish
     )
     prefix = serve_args.route_prefix or "/"
     serve.run(deployment.bind(args, serve_args), name=APP_NAME, route_prefix=prefix, blocking=False)

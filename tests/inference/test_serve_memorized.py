@@ -19,9 +19,9 @@ KEY = "memorized-key"
 pytestmark = pytest.mark.slow
 
 
-def healthy(port: int) -> bool:
+def healthy(base_url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=5) as response:
             return json.loads(response.read())["status"] == "ok"
     except OSError:
         return False
@@ -38,7 +38,7 @@ def client(memorized_lora_run, tmp_path_factory):
         "inference.py", "--serve", "--peft_model_path", memorized_lora_run, "--port", port, log=log, env=env
     )
     try:
-        wait_for(lambda: healthy(port), process, timeout=180, what="a healthy server")
+        wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), process, timeout=180, what="a healthy server")
         assert "serving 'lora' at http://127.0.0.1:" in log.read_text()
         yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
     finally:
@@ -49,17 +49,17 @@ def prompt(record: dict[str, str]) -> str:
     return get_template("alpaca").render(record["instruction"], record["input"])
 
 
-def chat_answer(client, instruction: str, stream: bool) -> str:
+def chat_answer(client, instruction: str, stream: bool, model: str = "lora") -> str:
     messages = [{"role": "user", "content": instruction}]
-    answer = client.chat.completions.create(model="lora", messages=messages, temperature=0, stream=stream)
+    answer = client.chat.completions.create(model=model, messages=messages, temperature=0, stream=stream)
     if not stream:
         assert answer.choices[0].finish_reason == "stop"
         return answer.choices[0].message.content
     return "".join(chunk.choices[0].delta.content or "" for chunk in answer)
 
 
-def completion_answer(client, record: dict[str, str], stream: bool = False) -> str:
-    answer = client.completions.create(model="lora", prompt=prompt(record), max_tokens=48, stream=stream)
+def completion_answer(client, record: dict[str, str], stream: bool = False, model: str = "lora") -> str:
+    answer = client.completions.create(model=model, prompt=prompt(record), max_tokens=48, stream=stream)
     if not stream:
         return answer.choices[0].text
     return "".join(chunk.choices[0].text for chunk in answer)
