@@ -64,7 +64,7 @@ class Handler:
         self.generator = engine.generator
 
     def check_key(self, request: Request) -> None:
-        if self.settings.api_key is None:
+        if not self.settings.api_key:
             return
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), self.settings.api_key.encode()):
