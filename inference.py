@@ -18,7 +18,7 @@ import logging
 import sys
 from typing import Any
 
-from finetuning.errors import exit_on_user_error
+from finetuning.errors import UserError, exit_on_user_error
 
 logger = logging.getLogger("finetuning")
 
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args, serve_args = parse_arguments((InferenceArguments, ServeArguments), argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
     logger.setLevel(logging.INFO)
+    if not args.serve and serve_args.given():
+        raise UserError(f"{', '.join(serve_args.given())}: only with --serve")
     if args.serve:  # loads the model itself (in each replica, on Ray)
         from finetuning.inference.ray_serve import serve_on_ray
         from finetuning.inference.serving import serve_with_uvicorn

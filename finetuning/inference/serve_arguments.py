@@ -72,6 +72,11 @@ class ServeArguments:
         if self.route_prefix and not self.route_prefix.startswith("/"):
             raise UserError("must start with '/'", field="route_prefix")
 
+    def given(self) -> list[str]:
+        """The flags set to something other than their default (the API key may come from the environment)."""
+        defaults = ServeArguments(api_key=self.api_key)
+        return [f"--{name}" for name in vars(self) if getattr(self, name) != getattr(defaults, name)]
+
     def prompt_template(self) -> PromptTemplate | None:
         if self.prompt_format is None:
             return None
