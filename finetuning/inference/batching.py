@@ -1,10 +1,10 @@
 """Dynamic batching: concurrent requests are gathered for a few milliseconds and generated as one padded batch.
 
-One background thread owns the model. It takes the first waiting request, gathers whatever else arrives within
-``batch_wait_ms`` (up to ``max_batch_size`` answers), and runs the suite's :class:`Generator` once over them
-all, each row with its own settings (:mod:`~finetuning.inference.decoding`). Text reaches each request's asyncio
-queue as it is generated, so streams see tokens as they come. A request whose client went away is ended at the
-next step, and a batch ends as soon as every row in it is done.
+One background thread owns the model. It takes the first waiting request, gathers those that follow it
+within ``batch_wait_ms`` of each other (up to ``max_batch_size`` answers), and runs the suite's
+:class:`Generator` once over them all, each row with its own settings (:mod:`~finetuning.inference.decoding`).
+Text reaches each request's asyncio queue as it is generated, so streams see tokens as they come. A request
+whose client went away is ended at the next step, and a batch ends as soon as every row in it is done.
 """
 
 from __future__ import annotations
@@ -95,12 +95,13 @@ class BatchingEngine:
         self._thread.join(timeout=60)
 
     def _gather(self, first: Request) -> tuple[list[Request], bool]:
-        """The first request and whatever else arrives within the wait, up to the batch size; False: closing."""
+        """The first request and those that follow it within ``batch_wait`` of each other (clients answered by
+        the same batch come back as a burst), up to the batch size and ten waits in all; False: closing."""
         batch, rows = [first], first.n
-        deadline = time.monotonic() + self.batch_wait
+        last_call = time.monotonic() + 10 * self.batch_wait
         while rows < self.max_batch_size:
             try:
-                request = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+                request = self._queue.get(timeout=max(min(self.batch_wait, last_call - time.monotonic()), 0))
             except queue.Empty:
                 break
             if request is None:

@@ -29,7 +29,7 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
-class _Request(BaseModel):
+class BaseRequest(BaseModel):
     """Fields both routes share. Unknown fields are refused, as OpenAI does: a setting is never silently ignored."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -54,7 +54,7 @@ class _Request(BaseModel):
         return bool(self.stream_options and self.stream_options.get("include_usage"))
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(BaseRequest):
     prompt: str
 
 
@@ -66,7 +66,7 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(BaseRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
@@ -74,7 +74,7 @@ class ChatCompletionRequest(_Request):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-def parse_request(raw: bytes, kind: type[_Request]) -> Any:
+def parse_request(raw: bytes, kind: type[BaseRequest]) -> Any:
     """The request body as ``kind``, or an :class:`APIError` (400) naming the offending field."""
     try:
         payload = json.loads(raw)

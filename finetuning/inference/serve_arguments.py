@@ -35,7 +35,8 @@ class ServeArguments:
     route_prefix: str = field(default="", metadata={"help": "Path prefix of every route, e.g. /custom-model."})
     max_batch_size: int = field(default=32, metadata={"help": "Most answers generated together in one batch."})
     batch_wait_ms: float = field(
-        default=5.0, metadata={"help": "How long the first request of a batch waits for others to join it."}
+        default=5.0,
+        metadata={"help": "A batch waits for more requests while they come this close together (at most 10 waits)."},
     )
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "Largest request body accepted (413 beyond)."})
     stop_words: list[str] | None = field(

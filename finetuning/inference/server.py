@@ -114,7 +114,7 @@ class Handler:
             stop=body.stop_strings() or settings.stop_words,
         )
 
-    async def complete(self, request: Request, kind: type[schema._Request]) -> Any:
+    async def complete(self, request: Request, kind: type[schema.BaseRequest]) -> Any:
         self.check_key(request)
         body = schema.parse_request(await read_body(request, self.settings.max_body_bytes), kind)
         if body.model != self.settings.model_name:
