@@ -2,8 +2,9 @@
 
 The same model answers the same prompts twice: first one request at a time through the suite's ``Generator``
 (what ``inference.py --input_file --batch_size 1`` does), then through ``inference.py --serve``'s app (dynamic
-batching) started in this process on 127.0.0.1, with C client threads each sending streamed completions back to
-back. Printed per row: requests/s, new tokens/s, median time to first token, and tokens/s as a ratio to one by one.
+batching) started in this process on 127.0.0.1, with C client threads (in a process of their own) each sending
+streamed completions back to back. Printed per row: requests/s, new tokens/s, median time to first token, and
+tokens/s as a ratio to one by one.
 Clients use only the standard library, so the machine needs torch, transformers, peft, fastapi and uvicorn (no
 ``datasets``, no Ray, no ``openai``).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
 import random
 import statistics
 import sys
@@ -161,7 +163,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"model {model} on {options.device}; prompts {min(lengths)}-{max(lengths)} tokens, {options.new_tokens} new")
     rows = [one_by_one(engine.generator, prompts[: options.baseline_requests], options.new_tokens, sync)]
     stream_one(port, prompts[0], options.new_tokens)  # warm-up through the server
-    rows += [served(port, prompts[: options.requests], c, options.new_tokens) for c in options.concurrency]
+    # the clients run in a process of their own, so that parsing their streams does not take the server's GIL
+    with multiprocessing.get_context("spawn").Pool(1) as clients:
+        for count in options.concurrency:
+            rows.append(clients.apply(served, (port, prompts[: options.requests], count, options.new_tokens)))
     base = rows[0]["tokens"] / rows[0]["seconds"]
     print(f"{'clients':>12} {'requests':>8} {'req/s':>8} {'tokens/s':>9} {'TTFT p50 ms':>12} {'ratio':>6}")
     for row in rows:
