@@ -7,6 +7,8 @@ See what the model learned, answer a file of prompts, chat with it, time it, or 
     python inference.py --peft_model_path out --interactive
     python inference.py --peft_model_path out --bench
     python inference.py --peft_model_path out --merge_and_save merged
+    python inference.py --peft_model_path out --serve --port 8000       # OpenAI-compatible HTTP server
+    python inference.py --config_file inference.yaml --ray --num_replicas 2   # llm-on-ray's file, on Ray Serve
 A YAML or JSON file can stand in for the flags, as for training. See docs/inference.md.
 """
 
@@ -16,7 +18,7 @@ import logging
 import sys
 from typing import Any
 
-from finetuning.errors import exit_on_user_error
+from finetuning.errors import UserError, exit_on_user_error
 
 logger = logging.getLogger("finetuning")
 
@@ -37,11 +39,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from finetuning.inference.arguments import InferenceArguments
     from finetuning.inference.loading import load_for_inference
     from finetuning.inference.merging import merge_and_save
+    from finetuning.inference.serve_arguments import ServeArguments, expand_config_file
 
     # arguments -> input records (malformed input fails before a model is loaded)
-    (args,) = parse_arguments((InferenceArguments,), argv)
+    argv = expand_config_file(list(sys.argv[1:] if argv is None else argv))
+    args, serve_args = parse_arguments((InferenceArguments, ServeArguments), argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
     logger.setLevel(logging.INFO)
+    if not args.serve and serve_args.given():
+        raise UserError(f"{', '.join(serve_args.given())}: only with --serve")
+    if args.serve:  # loads the model itself (in each replica, on Ray)
+        from finetuning.inference.ray_serve import serve_on_ray
+        from finetuning.inference.serving import serve_with_uvicorn
+
+        return (serve_on_ray if serve_args.ray else serve_with_uvicorn)(args, serve_args)
     pairs = inference_modes.read_prompt_records(args.input_file) if args.input_file else None
 
     # model (+ adapter) -> merged model

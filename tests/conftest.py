@@ -105,3 +105,106 @@ def run_script(
 @pytest.fixture
 def run():
     return run_script
+
+
+# --- tiny models trained until they have memorized a few records (the inference and serving tests share them) ---
+
+MEMORIZED_RECORDS = sample_records(6)  # three of them differ only in their numbers: the model must read the input
+MEMORIZE = (
+    "--do_train",
+    "--per_device_train_batch_size",
+    "6",
+    "--lr_scheduler_type",
+    "constant",
+    "--logging_steps",
+    "50",
+    "--save_strategy",
+    "no",
+    "--report_to",
+    "none",
+    "--seed",
+    "0",
+)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+
+
+def _train(*args: object) -> subprocess.CompletedProcess[str]:
+    result = run_script("finetune_clm.py", *args, *MEMORIZE)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def memorized_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("memorized")
+
+
+@pytest.fixture(scope="session")
+def memorized_train_file(memorized_dir) -> Path:
+    path = memorized_dir / "train.json"
+    path.write_text(json.dumps(MEMORIZED_RECORDS), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def memorized_base(memorized_dir, tiny_tokenizer) -> Path:
+    """A wider tiny llama (hidden 64) than the shared fixture's: it memorizes six records in seconds."""
+    from finetuning.model.tiny import build_tiny_model
+
+    return build_tiny_model("llama", tiny_tokenizer, memorized_dir / "llama64", hidden=64)
+
+
+@pytest.fixture(scope="session")
+def memorized_full_run(memorized_dir, memorized_base, memorized_train_file) -> Path:
+    """Full fine-tuning, samples padded."""
+    output = memorized_dir / "full"
+    _train(
+        "--model_name_or_path",
+        memorized_base,
+        "--train_file",
+        memorized_train_file,
+        "--output_dir",
+        output,
+        "--peft",
+        "none",
+        "--learning_rate",
+        "5e-3",
+        "--num_train_epochs",
+        "60",
+    )
+    return output
+
+
+@pytest.fixture(scope="session")
+def memorized_lora_run(memorized_dir, memorized_base, memorized_train_file) -> Path:
+    """LoRA, samples packed. The random tiny base's lm_head cannot produce confident logits (its rows are
+    tiny and the final norm fixes the hidden state's size), so the head is adapted too; a real base's is not
+    the bottleneck."""
+    output = memorized_dir / "lora"
+    result = _train(
+        "--model_name_or_path",
+        memorized_base,
+        "--train_file",
+        memorized_train_file,
+        "--output_dir",
+        output,
+        "--peft",
+        "lora",
+        "--lora_rank",
+        "16",
+        "--lora_alpha",
+        "32",
+        "--lora_dropout",
+        "0",
+        "--lora_target_modules",
+        *LORA_TARGETS,
+        "--learning_rate",
+        "1e-2",
+        "--num_train_epochs",
+        "150",
+        "--dataset_concatenation",
+        "--max_seq_length",
+        "256",
+    )
+    assert "packed into" in result.stdout
+    return output

@@ -76,3 +76,20 @@ def test_random_full_size_model_saver_refuses_a_tokenizer_with_other_special_ids
         "bench/save_random_model.py", "--preset", "tiny", "--tokenizer", tmp_path / "other", "--out", tmp_path / "n"
     )
     assert refused.returncode == 2 and "bos/eos/pad ids" in refused.stderr
+
+
+@pytest.mark.slow
+def test_serve_bench_smoke_compares_served_clients_with_one_by_one(tmp_path):
+    report = tmp_path / "serve.json"
+    result = run_script(
+        "bench/serve_bench.py",
+        *("--preset", "tiny", "--device", "cpu", "--model", tmp_path / "model", "--prompt_tokens", "16"),
+        *("--new_tokens", "4", "--concurrency", "1", "4", "--requests", "8", "--baseline_requests", "2"),
+        *("--json", report),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(report.read_text())
+    assert [row["clients"] for row in rows] == [0, 1, 4]
+    assert [row["requests"] for row in rows] == [2, 8, 8]
+    assert all(row["tokens"] > 0 and row["tokens_per_s"] > 0 and row["ttft_p50_ms"] > 0 for row in rows)
+    assert "one by one" in result.stdout

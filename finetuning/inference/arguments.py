@@ -109,6 +109,10 @@ class InferenceArguments:
         default=False,
         metadata={"help": "Read instructions from stdin, one a line, until EOF or 'exit'; stream each answer."},
     )
+    serve: bool = field(
+        default=False,
+        metadata={"help": "Serve the model over HTTP, OpenAI-compatible (see docs/inference.md)."},
+    )
 
     # --- decoding ----------------------------------------------------------------------------------------
     max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per answer."})
@@ -133,10 +137,15 @@ class InferenceArguments:
         if self.base_model_path is None and self.peft_model_path is None:
             raise UserError("pass --base_model_path and/or --peft_model_path", field="base_model_path")
         modes = (self.merge_and_save, self.infer, self.instructions, self.input_file, self.bench, self.interactive)
-        if not any(modes):
+        if not any(modes) and not self.serve:
             raise UserError(
-                "nothing to do: pass --infer, --instructions, --input_file, --interactive, --bench or --merge_and_save"
+                "nothing to do: pass --infer, --instructions, --input_file, --interactive, --bench, --merge_and_save "
+                "or --serve"
             )
+        if self.serve and any(modes):
+            raise UserError("--serve runs alone: pass it without the other modes", field="serve")
+        if self.serve and self.num_beams > 1:
+            raise UserError("--serve decodes greedily or by sampling: beam search cannot stream", field="num_beams")
         if self.input_file and not self.output_file:
             raise UserError("--input_file needs --output_file", field="output_file")
         if self.output_file and not self.input_file:

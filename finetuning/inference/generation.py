@@ -118,7 +118,10 @@ class Generator:
             record = {"instruction": record, "input": ""}
         if "messages" in record:
             return self._chat_prompt_ids(record["messages"])
-        prompt = self.template.render(record["instruction"], record.get("input", ""))
+        return self.text_prompt_ids(self.template.render(record["instruction"], record.get("input", "")))
+
+    def text_prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of an already rendered prompt, tokenized as a rendered instruction is."""
         if self.is_encoder_decoder:
             from finetuning.data.seq2seq import encode_source
 
@@ -161,8 +164,17 @@ class Generator:
         device = self.device
         return {"input_ids": torch.tensor(rows, device=device), "attention_mask": torch.tensor(masks, device=device)}
 
-    def generate_ids(self, prompts: list[list[int]], streamer: Any = None, **overrides: Any) -> list[list[int]]:
-        """New token ids for each prompt (one batch), cut before the first stop token."""
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        streamer: Any = None,
+        *,
+        logits_processor: Any = None,
+        stopping_criteria: Any = None,
+        **overrides: Any,
+    ) -> list[list[int]]:
+        """New token ids for each prompt (one batch), cut before the first stop token. ``logits_processor`` and
+        ``stopping_criteria`` are added to those ``generate`` builds from the config; ``overrides`` change it."""
         import torch
 
         if any(not ids for ids in prompts):
@@ -172,7 +184,13 @@ class Generator:
         if overrides:
             config = type(config).from_dict({**config.to_dict(), **overrides})
         with torch.inference_mode():
-            output = self.model.generate(**inputs, generation_config=config, streamer=streamer)
+            output = self.model.generate(
+                **inputs,
+                generation_config=config,
+                streamer=streamer,
+                logits_processor=logits_processor,
+                stopping_criteria=stopping_criteria,
+            )
         # decoder-only outputs repeat the prompt; encoder-decoder outputs start with the decoder start token
         new_tokens = output[:, 1:] if self.is_encoder_decoder else output[:, inputs["input_ids"].shape[1] :]
         stops = set(config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])

@@ -15,25 +15,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_script, sample_records, script_env
-
-RECORDS = sample_records(6)  # three of them differ only in their numbers: the model must read the input
-TRAIN = (
-    "--do_train",
-    "--per_device_train_batch_size",
-    "6",
-    "--lr_scheduler_type",
-    "constant",
-    "--logging_steps",
-    "50",
-    "--save_strategy",
-    "no",
-    "--report_to",
-    "none",
-    "--seed",
-    "0",
-)
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+from conftest import MEMORIZE as TRAIN
+from conftest import MEMORIZED_RECORDS as RECORDS
+from conftest import REPO, run_script, script_env
 
 
 def assert_ok(result):
@@ -49,81 +33,20 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("inference")
 
 
+# the memorized runs are shared with the serving tests (tests/conftest.py): trained once a session
 @pytest.fixture(scope="module")
-def train_file(workdir):
-    path = workdir / "train.json"
-    path.write_text(json.dumps(RECORDS), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def base_llama(workdir, tiny_tokenizer):
-    """A wider tiny llama (hidden 64) than the shared fixture's: it memorizes six records in seconds."""
-    from finetuning.model.tiny import build_tiny_model
-
-    return build_tiny_model("llama", tiny_tokenizer, workdir / "llama64", hidden=64)
+def train_file(memorized_train_file):
+    return memorized_train_file
 
 
 @pytest.fixture(scope="module")
-def full_run(workdir, base_llama, train_file):
-    """Full fine-tuning, samples padded."""
-    output = workdir / "full"
-    result = run_script(
-        "finetune_clm.py",
-        "--model_name_or_path",
-        base_llama,
-        "--train_file",
-        train_file,
-        "--output_dir",
-        output,
-        "--peft",
-        "none",
-        "--learning_rate",
-        "5e-3",
-        "--num_train_epochs",
-        "60",
-        *TRAIN,
-    )
-    assert_ok(result)
-    return output
+def full_run(memorized_full_run):
+    return memorized_full_run
 
 
 @pytest.fixture(scope="module")
-def lora_run(workdir, base_llama, train_file):
-    """LoRA, samples packed. The random tiny base's lm_head cannot produce confident logits (its rows are
-    tiny and the final norm fixes the hidden state's size), so the head is adapted too; a real base's is not
-    the bottleneck."""
-    output = workdir / "lora"
-    result = run_script(
-        "finetune_clm.py",
-        "--model_name_or_path",
-        base_llama,
-        "--train_file",
-        train_file,
-        "--output_dir",
-        output,
-        "--peft",
-        "lora",
-        "--lora_rank",
-        "16",
-        "--lora_alpha",
-        "32",
-        "--lora_dropout",
-        "0",
-        "--lora_target_modules",
-        *LORA_TARGETS,
-        "--learning_rate",
-        "1e-2",
-        "--num_train_epochs",
-        "150",
-        "--dataset_concatenation",
-        "--max_seq_length",
-        "256",
-        *TRAIN,
-    )
-    assert_ok(result)
-    assert "packed into" in result.stdout
-    return output
+def lora_run(memorized_lora_run):
+    return memorized_lora_run
 
 
 def predict(*flags, output) -> list[dict]:
