@@ -158,3 +158,27 @@ def test_per_layer_compile_traces_one_graph_for_all_layers_without_graph_breaks(
         loss_and_grads(model, batch(tiny_tokenizer), autocast=True)
     assert counters["stats"]["unique_graphs"] == 2
     assert not counters["graph_break"]
+
+
+def test_lora_with_a_bias_on_b_keeps_peft_forward(tiny_tokenizer):
+    import peft
+    import transformers
+
+    from finetuning.model.tiny import build_config
+
+    def model():
+        torch.manual_seed(0)
+        base = transformers.AutoModelForCausalLM.from_config(build_config("llama", tiny_tokenizer))
+        config = peft.LoraConfig(
+            r=4, target_modules="all-linear", init_lora_weights=False, lora_bias=True, task_type="CAUSAL_LM"
+        )
+        return peft.get_peft_model(base, config).train()
+
+    plain, fast = model(), model()
+    for module in [*plain.modules(), *fast.modules()]:
+        if hasattr(module, "lora_B"):  # PEFT starts the bias at zero: make it count
+            torch.nn.init.constant_(module.lora_B["default"].bias, 0.1)
+    fuse_lora_updates(fast)
+    plain_loss, _ = loss_and_grads(plain, batch(tiny_tokenizer), autocast=False)
+    fast_loss, _ = loss_and_grads(fast, batch(tiny_tokenizer), autocast=False)
+    assert fast_loss == pytest.approx(plain_loss, abs=1e-6)
