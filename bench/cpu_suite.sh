@@ -10,8 +10,12 @@ set -uo pipefail
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
+# Carried runtimes: .debs/libjemalloc2*.deb, .debs/libtcmalloc-minimal4*.deb (apt-get download) and
+# .whl/intel_openmp-*.whl (pip download intel-openmp; its libiomp5.so is a data file of the wheel)
 for deb in .debs/*.deb; do [[ -e $deb ]] && dpkg -x "$deb" /tmp/cpu-libs; done
-export CPU_LIB_DIRS=${CPU_LIB_DIRS:-/tmp/cpu-libs/usr/lib/x86_64-linux-gnu:/tmp/site/lib}
+for wheel in .whl/intel_openmp-*.whl; do [[ -e $wheel ]] && python3 -m zipfile -e "$wheel" /tmp/cpu-libs/iomp; done
+iomp_dir=$(dirname "$(ls /tmp/cpu-libs/iomp/*.data/data/lib/libiomp5.so 2>/dev/null | head -n 1)" 2>/dev/null)
+export CPU_LIB_DIRS=${CPU_LIB_DIRS:-/tmp/cpu-libs/usr/lib/x86_64-linux-gnu:${iomp_dir:-/tmp/site/lib}}
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false CUDA_VISIBLE_DEVICES=""
 out=${OUT:-.bench/out}; mkdir -p "$out"
 lscpu | grep -E "Model name|^CPU\(s\)|Thread|Socket"; grep -o -m1 amx_bf16 /proc/cpuinfo; date -u

@@ -217,9 +217,15 @@ def run_variant(
     )
     packed = "position_ids" in samples[0]
     torch._dynamo.reset()  # every variant compiles its own kernels (the on-disk inductor cache stays)
+    from finetuning.model import acceleration
+
+    liger_supports = acceleration.liger_supports
+    if "noliger" in levers:  # the project's path without Liger (e.g. to weigh the chunked cross-entropy on CUDA)
+        acceleration.liger_supports = lambda model_type: False
     applied = optimize_for_training(
         model, args, enabled=project and "plain" not in levers, packed=packed and "noflex" not in levers, levers=speed
     )
+    acceleration.liger_supports = liger_supports
     # packed rows padded to the few lengths finetune_clm.py uses where kernels are compiled per shape
     lengths = packed_row_lengths(args, options.seq, speed) if packed and not pad_to and "plain" not in levers else None
     if "noguard" in levers:  # measure the masked-attention guard by removing it (finetuning.model.acceleration)
@@ -295,7 +301,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "--variants",
         default="baseline,project",
         help="baseline | project, with +levers: dropout05, liger, compile (HF --torch_compile), plain, bf16w, ckpt, "
-        "noflex, noguard, adamw (unfused), bN (batch N), and the SpeedLevers switches: " + ", ".join(LEVER_SWITCHES),
+        "noflex, noguard, noliger, adamw (unfused), bN (batch N), and the SpeedLevers switches: "
+        + ", ".join(LEVER_SWITCHES),
     )
     parser.add_argument("--work", type=Path, default=REPO / ".bench")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

@@ -177,6 +177,10 @@ def compile_decoder_layers(model: Any) -> int:
     layers = [module for module in model.modules() if type(module).__name__.endswith("DecoderLayer")]
     for layer in layers:
         layer.compile()
+    if layers and hasattr(model.config, "use_cache"):
+        # A KV cache in a training forward (models make one unless told not to) guards each compiled layer on its
+        # own cache slot: a recompile per layer, past dynamo's limit of 8. Without it: 2 graphs for 12 layers.
+        model.config.use_cache = False
     return len(layers)
 
 

@@ -32,6 +32,9 @@ def compile_flex_attention_per_shape() -> bool:
     if not hasattr(hf_flex, "WrappedFlexAttention") or not hasattr(masking_utils, "create_block_mask"):
         logger.warning("FlexAttention left as transformers compiles it: its module layout changed")
         return False
+    # one static kernel per (length, batch size, with or without gradients): room for the 4 lengths x 2 modes x a
+    # shorter last batch, past dynamo's default of 8 entries, after which it would fall back to eager attention
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     compiled_attention = torch.compile(flex_attention, dynamic=False)
     compiled_mask = torch.compile(create_block_mask, dynamic=False)
 

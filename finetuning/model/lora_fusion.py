@@ -144,8 +144,8 @@ def _fused_forward(layer: Any, peft_forward: Any, group: tuple[SharedDown, int] 
         if args or kwargs or layer.disable_adapters or layer.merged or len(active) != 1:
             return peft_forward(x, *args, **kwargs)
         name = active[0]
-        if name not in layer.lora_A or name in layer.lora_variant:
-            return peft_forward(x, *args, **kwargs)
+        if name not in layer.lora_A or name in layer.lora_variant or getattr(layer, "lora_bias", {}).get(name):
+            return peft_forward(x, *args, **kwargs)  # DoRA and other variants; a bias on B
         a, b, base = layer.lora_A[name].weight, layer.lora_B[name].weight, layer.base_layer
         autocast = torch.is_autocast_enabled(x.device.type)
         if not autocast and not (x.dtype == a.dtype == b.dtype == base.weight.dtype):

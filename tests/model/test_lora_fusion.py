@@ -130,3 +130,55 @@ def test_decoder_layers_compiled_with_the_fast_lora_path_give_the_eager_loss_and
     compiled_loss, compiled_grads = loss_and_grads(compiled, inputs, autocast=False)
     assert compiled_loss == pytest.approx(eager_loss, abs=1e-5)
     assert relative_error(compiled_grads, eager_grads) < 1e-4
+
+
+@pytest.mark.slow
+def test_per_layer_compile_traces_one_graph_for_all_layers_without_graph_breaks(tiny_tokenizer, monkeypatch):
+    """Dynamo only (eager backend, seconds): the project's LoRA path traces whole, and the 12 layers share the
+    graphs (one for the first layer, whose input needs no gradient, one for the rest) instead of recompiling per
+    layer past dynamo's limit of 8, which a KV cache in the training forward would cause."""
+    import peft
+    import transformers
+    from torch._dynamo.utils import counters
+
+    from finetuning.model.acceleration import compile_decoder_layers
+    from finetuning.model.tiny import build_config
+
+    real_compile = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self: real_compile(self, backend="eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    base = transformers.AutoModelForCausalLM.from_config(build_config("llama", tiny_tokenizer, layers=12))
+    config = peft.LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    model = peft.get_peft_model(base, config).train()
+    fuse_lora_updates(model)
+    assert compile_decoder_layers(model) == 12
+    for _ in range(2):
+        loss_and_grads(model, batch(tiny_tokenizer), autocast=True)
+    assert counters["stats"]["unique_graphs"] == 2
+    assert not counters["graph_break"]
+
+
+def test_lora_with_a_bias_on_b_keeps_peft_forward(tiny_tokenizer):
+    import peft
+    import transformers
+
+    from finetuning.model.tiny import build_config
+
+    def model():
+        torch.manual_seed(0)
+        base = transformers.AutoModelForCausalLM.from_config(build_config("llama", tiny_tokenizer))
+        config = peft.LoraConfig(
+            r=4, target_modules="all-linear", init_lora_weights=False, lora_bias=True, task_type="CAUSAL_LM"
+        )
+        return peft.get_peft_model(base, config).train()
+
+    plain, fast = model(), model()
+    for module in [*plain.modules(), *fast.modules()]:
+        if hasattr(module, "lora_B"):  # PEFT starts the bias at zero: make it count
+            torch.nn.init.constant_(module.lora_B["default"].bias, 0.1)
+    fuse_lora_updates(fast)
+    plain_loss, _ = loss_and_grads(plain, batch(tiny_tokenizer), autocast=False)
+    fast_loss, _ = loss_and_grads(fast, batch(tiny_tokenizer), autocast=False)
+    assert fast_loss == pytest.approx(plain_loss, abs=1e-6)
