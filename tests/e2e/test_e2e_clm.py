@@ -362,7 +362,7 @@ def bad_input_cases(tmp_path, sample_file):
         "no data": ([], "field 'train_file': no training data"),
         "bad model": (
             ["--train_file", sample_file, "--model_name_or_path", tmp_path / "no_model"],
-            "field 'model_name_or_path': cannot load model config",
+            "field 'model_name_or_path': no such model directory",
         ),
     }
 
