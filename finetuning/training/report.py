@@ -53,6 +53,8 @@ def curve_series(log_history: list[dict[str, Any]]) -> dict[str, list[list[float
         for name, points in series.items():
             if name in entry and "step" in entry:
                 points.append([entry["step"], float(entry[name])])
+    if not series["loss"]:  # --logging_steps longer than the run: its mean loss, at its last step
+        series["loss"] = [[e["step"], float(e["train_loss"])] for e in log_history if "train_loss" in e and "step" in e]
     return series
 
 
