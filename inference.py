@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from finetuning.inference import modes as inference_modes
     from finetuning.inference.arguments import InferenceArguments
     from finetuning.inference.loading import load_for_inference
-    from finetuning.inference.merging import merge_and_save
+    from finetuning.inference.merging import check_merge_destination, merge_and_save
 
     # arguments -> input records (malformed input fails before a model is loaded)
     (args,) = parse_arguments((InferenceArguments,), argv)
@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logger.setLevel(logging.INFO)
     pairs = inference_modes.read_prompt_records(args.input_file) if args.input_file else None
 
-    # model (+ adapter) -> merged model
+    # model (+ adapter) -> merged model; a bad destination is refused before the model loads
+    if args.merge_and_save:
+        check_merge_destination(args.merge_and_save, args.base_model_path, args.peft_model_path)
     loaded = load_for_inference(args)
     report: dict[str, Any] = {}
     if args.merge_and_save:
