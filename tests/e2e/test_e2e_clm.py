@@ -49,6 +49,8 @@ def assert_run_report(output_dir):
     card = (output_dir / "README.md").read_text()
     assert f"base_model: {json.dumps(arguments['model_name_or_path'])}" in card
     assert "| train_loss |" in card and "## Loss curve" in card
+    if "tensorboard" in arguments["report_to"]:  # the default wherever tensorboard(X) is installed
+        assert any(output_dir.glob("runs/*/events.out.tfevents.*"))
     for weights in output_dir.glob("*.safetensors"):
         assert weights.stat().st_mode & 0o044 == 0o044, f"{weights.name} is not readable by others"
 

@@ -54,3 +54,13 @@ def test_log_level_info_keeps_config_dumps_out(tmp_path):
     setup_logging(training)
     assert all(logging.getLogger(name).getEffectiveLevel() >= logging.WARNING for name in QUIET_BELOW_DEBUG)
     assert logging.getLogger("transformers.trainer").getEffectiveLevel() == logging.INFO
+
+
+def test_report_to_defaults_to_tensorboard_only_where_it_is_installed(monkeypatch):
+    from finetuning.training import arguments as module
+
+    monkeypatch.setattr(module, "tensorboard_installed", lambda: True)
+    assert module._report_destinations(None) == "tensorboard"
+    assert module._report_destinations("none") == "none"
+    monkeypatch.setattr(module, "tensorboard_installed", lambda: False)
+    assert module._report_destinations(None) == "none"
