@@ -20,6 +20,14 @@ logger = logging.getLogger("finetuning")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    from finetuning.cli import exit_if_help
+    from finetuning.data.arguments import DataArguments
+    from finetuning.model.arguments import ModelArguments, PeftArguments
+    from finetuning.training.flags import COMMON_TRAINING_FLAGS, PROJECT_HELP_GROUPS
+
+    groups = [("model", ModelArguments), ("data", DataArguments), ("method", PeftArguments), *PROJECT_HELP_GROUPS]
+    exit_if_help(argv, __doc__, groups, COMMON_TRAINING_FLAGS)  # before torch and transformers load
+
     from finetuning.launch.environment import setup_launch_environment
 
     # launch environment first: an unbound CPU rank is pinned to its cores before importing torch starts OpenMP
@@ -30,35 +38,40 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, Trainer
 
     from finetuning.cli import parse_arguments
-    from finetuning.data.arguments import DataArguments
     from finetuning.data.collator import PaddingCollator
     from finetuning.data.encoding import encode_causal_record
     from finetuning.data.preprocessing import build_split_datasets
     from finetuning.data.splits import load_splits
     from finetuning.data.templates import get_template
     from finetuning.model.acceleration import optimize_for_training, packed_row_lengths
-    from finetuning.model.arguments import ModelArguments, PeftArguments
     from finetuning.model.loading import added_token_ids, load_config, load_model, load_tokenizer, resolve_dtype
     from finetuning.model.packing_support import packing_block_size
     from finetuning.model.peft_setup import apply_peft, build_peft_config
     from finetuning.training import reliability
     from finetuning.training.arguments import FinetuneTrainingArguments
+    from finetuning.training.checks import check_run, warn_if_longer_than_model
+    from finetuning.training.ipex import apply_ipex
     from finetuning.training.run import (
         evaluate_and_save,
         log_run_summary,
+        report_run,
         resolve_resume_checkpoint,
         setup_logging,
         train_and_save,
     )
 
     # arguments
-    arguments = parse_arguments((ModelArguments, DataArguments, PeftArguments, FinetuneTrainingArguments), argv)
+    arguments = parse_arguments(
+        (ModelArguments, DataArguments, PeftArguments, FinetuneTrainingArguments), argv, description=__doc__
+    )
     model_args, data_args, peft_args, training_args = arguments
     setup_logging(training_args)
+    check_run(model_args, data_args, training_args)
     resume_from = resolve_resume_checkpoint(training_args)
 
     # model config & tokenizer: cheap, and enough to refuse a method the architecture cannot take
     config = load_config(model_args)
+    warn_if_longer_than_model(config, data_args.max_seq_length)
     tokenizer = load_tokenizer(model_args, special_tokens=data_args.special_tokens)
     peft_config = build_peft_config(
         peft_args,
@@ -113,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
     )
     reliability.attach(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training
+    apply_ipex(trainer)  # --use_ipex: ipex.optimize where a matching IPEX is installed, else one warning
     metrics: dict[str, float] = {}
     if training_args.do_train:
         metrics |= train_and_save(
@@ -124,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
     if training_args.do_eval:
         metrics |= evaluate_and_save(trainer, eval_samples=len(splits.validation.records))
+    if training_args.do_train:
+        report_run(trainer, arguments, metrics)  # loss curve and model card in output_dir
     return metrics
 
 

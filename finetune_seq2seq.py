@@ -23,6 +23,19 @@ logger = logging.getLogger("finetuning")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    from finetuning.cli import exit_if_help
+    from finetuning.data.arguments import Seq2SeqDataArguments
+    from finetuning.model.arguments import ModelArguments, Seq2SeqPeftArguments
+    from finetuning.training.flags import COMMON_TRAINING_FLAGS, PROJECT_HELP_GROUPS
+
+    groups = [
+        ("model", ModelArguments),
+        ("data", Seq2SeqDataArguments),
+        ("method", Seq2SeqPeftArguments),
+        *PROJECT_HELP_GROUPS,
+    ]
+    exit_if_help(argv, __doc__, groups, COMMON_TRAINING_FLAGS)  # before torch and transformers load
+
     from finetuning.launch.environment import setup_launch_environment
 
     # launch environment first: an unbound CPU rank is pinned to its cores before importing torch starts OpenMP
@@ -33,20 +46,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from transformers import AutoModelForSeq2SeqLM
 
     from finetuning.cli import parse_arguments
-    from finetuning.data.arguments import Seq2SeqDataArguments
     from finetuning.data.preprocessing import build_split_datasets
     from finetuning.data.seq2seq import Seq2SeqPaddingCollator, encode_seq2seq_record
     from finetuning.data.splits import load_splits
     from finetuning.data.templates import get_template
     from finetuning.model.acceleration import optimize_for_training
-    from finetuning.model.arguments import ModelArguments, PeftArguments
     from finetuning.model.loading import added_token_ids, load_config, load_model, load_tokenizer, resolve_dtype
     from finetuning.model.peft_setup import apply_peft, build_peft_config
     from finetuning.training import reliability
     from finetuning.training.arguments import Seq2SeqFinetuneTrainingArguments
+    from finetuning.training.checks import check_run
+    from finetuning.training.ipex import apply_ipex
     from finetuning.training.run import (
         evaluate_and_save,
         log_run_summary,
+        report_run,
         resolve_resume_checkpoint,
         setup_logging,
         train_and_save,
@@ -61,10 +75,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # arguments
     arguments = parse_arguments(
-        (ModelArguments, Seq2SeqDataArguments, PeftArguments, Seq2SeqFinetuneTrainingArguments), argv
+        (ModelArguments, Seq2SeqDataArguments, Seq2SeqPeftArguments, Seq2SeqFinetuneTrainingArguments),
+        argv,
+        description=__doc__,
     )
     model_args, data_args, peft_args, training_args = arguments
     setup_logging(training_args)
+    check_run(model_args, data_args, training_args)
     resume_from = resolve_resume_checkpoint(training_args)
 
     # model config & tokenizer: cheap, and enough to refuse a model or method that cannot work
@@ -124,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compute_metrics=RougeMetrics(tokenizer) if training_args.predict_with_generate else None,
     )
     reliability.attach(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training
+    apply_ipex(trainer)  # --use_ipex: ipex.optimize where a matching IPEX is installed, else one warning
     metrics: dict[str, float] = {}
     if training_args.do_train:
         metrics |= train_and_save(
@@ -135,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
     if training_args.do_eval:
         metrics |= evaluate_and_save(trainer, eval_samples=len(splits.validation.records))
+    if training_args.do_train:
+        report_run(trainer, arguments, metrics)  # loss curve and model card in output_dir
     return metrics
 
 

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from finetuning.inference import modes as inference_modes
     from finetuning.inference.arguments import InferenceArguments
     from finetuning.inference.loading import load_for_inference
-    from finetuning.inference.merging import merge_and_save
+    from finetuning.inference.merging import check_merge_destination, merge_and_save
     from finetuning.inference.serve_arguments import ServeArguments, expand_config_file
 
     # arguments -> input records (malformed input fails before a model is loaded)
@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return (serve_on_ray if serve_args.ray else serve_with_uvicorn)(args, serve_args)
     pairs = inference_modes.read_prompt_records(args.input_file) if args.input_file else None
 
-    # model (+ adapter) -> merged model
+    # model (+ adapter) -> merged model; a bad destination is refused before the model loads
+    if args.merge_and_save:
+        check_merge_destination(args.merge_and_save, args.base_model_path, args.peft_model_path)
     loaded = load_for_inference(args)
     report: dict[str, Any] = {}
     if args.merge_and_save:

@@ -10,7 +10,7 @@ import json
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,26 @@ class Example:
             said = {message["role"] for message in self.record["messages"] if message["content"].strip()}
             return [name for name, role in (("instruction", "user"), ("output", "assistant")) if role not in said]
         return [name for name in ("instruction", "output") if not self.record[name].strip()]
+
+
+@dataclass
+class Truncation:
+    """What ``--max_seq_length`` does to the records, as training's encoder cuts them."""
+
+    over: list[int] = field(default_factory=list)  # indices of the records that are cut
+    prompts_cut: int = 0
+    responses_cut: int = 0
+    supervised_kept: int = 0
+    supervised_total: int = 0
+
+    def add(self, index: int, truncated: bool, *, prompt_cut: bool, supervised: tuple[int, int]) -> None:
+        kept, total = supervised
+        if truncated:
+            self.over.append(index)
+            self.prompts_cut += prompt_cut
+            self.responses_cut += kept < total
+        self.supervised_kept += kept
+        self.supervised_total += total
 
 
 def load_examples(path: Path) -> tuple[str, list[Example]]:
@@ -113,7 +133,7 @@ def format_report(
     examples: Sequence[Example],
     char_lengths: Sequence[int],
     token_lengths: Sequence[int] | None,
-    prompt_token_lengths: Sequence[int] | None,
+    truncation: Truncation | None,
     max_seq_length: int,
 ) -> list[str]:
     """The report's lines: counts, empty and duplicate records, length percentiles, records over the limit."""
@@ -137,14 +157,17 @@ def format_report(
     for name, values in rows:
         ordered = sorted(values)
         lines.append(f"  {name:<11}" + "".join(f"{percentile(ordered, p):>9,}" for p in PERCENTILES))
-    if token_lengths is None or prompt_token_lengths is None:
+    if token_lengths is None or truncation is None:
         lines.append("tokens: pass --tokenizer DIR to count tokens and the records over --max_seq_length")
         return lines
-    over = [index for index, length in enumerate(token_lengths) if length > max_seq_length]
-    prompt_over = sum(prompt_token_lengths[index] >= max_seq_length for index in over)
+    over = truncation.over
     where = f"; {_lines(examples, over)}" if over else ""
     lines.append(
-        f"over --max_seq_length {max_seq_length} tokens: {_share(len(over), total)}, truncated in training "
-        f"({prompt_over} of them keep no response token at all{where})"
+        f"over --max_seq_length {max_seq_length} tokens: {_share(len(over), total)}, cut in training as here: "
+        f"prompt cut in {truncation.prompts_cut}, response cut in {truncation.responses_cut}{where}"
+    )
+    lines.append(
+        f"tokens in the loss after cutting: {truncation.supervised_kept:,} of {truncation.supervised_total:,} "
+        "(the response keeps at least half the window; the prompt is cut from the left, after its first token)"
     )
     return lines

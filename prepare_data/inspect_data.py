@@ -27,9 +27,16 @@ if __package__ in (None, ""):
     # modules could shadow top-level ones; the repository root goes there instead, so both packages import.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from finetuning.data.samples import IGNORE_INDEX
 from finetuning.errors import UserError, exit_on_user_error
-from prepare_data.analysis import Example, duplicate_of, format_report, load_examples, split_indices
-from prepare_data.rendering import render_example
+from prepare_data.analysis import (
+    Example,
+    Truncation,
+    duplicate_of,
+    format_report,
+    load_examples,
+    split_indices,
+)
 from prepare_data.writing import check_output_suffix, write_atomically, write_records
 
 # What save_pretrained leaves in a tokenizer directory; checked first, because transformers' own error for a
@@ -46,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max_seq_length", type=int, metavar="N", default=512, help="token limit to check against (default 512)"
     )
+    parser.add_argument(
+        "--prompt_template", default="alpaca", metavar="NAME", help="instruction template, as in training (alpaca)"
+    )
+    parser.add_argument("--chat_template", metavar="NAME", help="chat records: a named template, as in training")
     parser.add_argument("--histogram", type=Path, metavar="PNG", help="write a PNG histogram of the lengths here")
     parser.add_argument("--dedupe", type=Path, metavar="OUT", help="write the records without exact duplicates here")
     parser.add_argument(
@@ -59,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def count_tokens(tokenizer_dir: Path, texts: Sequence[str]) -> list[int]:
-    """Token count of each text with a local tokenizer, special tokens included as training adds them."""
+def load_tokenizer_dir(tokenizer_dir: Path) -> Any:
+    """A local tokenizer, or one line saying why the directory is not one."""
     if not tokenizer_dir.is_dir():
         raise UserError("not a tokenizer directory", path=str(tokenizer_dir))
     if not any((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES):
@@ -69,12 +80,34 @@ def count_tokens(tokenizer_dir: Path, texts: Sequence[str]) -> list[int]:
     from transformers import AutoTokenizer  # slow to import: only when tokens are asked for
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir))
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot load a tokenizer: {first_line}", path=str(tokenizer_dir)) from None
-    # verbose=False: the lengths over the model's limit are the point here, not worth a warning each.
-    return [len(ids) for ids in tokenizer(list(texts), verbose=False)["input_ids"]]
+
+
+def encode_as_training(args: argparse.Namespace, examples: Sequence[Example]) -> tuple[list[int], Truncation]:
+    """Each record's token length, and what ``--max_seq_length`` does to it, through training's own encoder
+    (finetuning/data/encoding.py: same template, same truncation rule), so this report and training agree."""
+    from finetuning.data.encoding import encode_causal_record
+    from finetuning.data.samples import supervised_count
+    from finetuning.data.templates import get_template
+
+    tokenizer = load_tokenizer_dir(args.tokenizer)
+    settings = {"tokenizer": tokenizer, "template": get_template(args.prompt_template), "train_on_inputs": False}
+    settings["chat_template"] = args.chat_template
+    lengths, truncation = [], Truncation()
+    for index, example in enumerate(examples):
+        whole = encode_causal_record(example.record, max_length=sys.maxsize, **settings)
+        fitted = encode_causal_record(example.record, max_length=args.max_seq_length, **settings)
+        lengths.append(len(whole["input_ids"]))
+        truncation.add(
+            index,
+            fitted["truncated"],
+            prompt_cut=fitted["labels"].count(IGNORE_INDEX) < whole["labels"].count(IGNORE_INDEX),
+            supervised=(supervised_count(fitted["labels"]), supervised_count(whole["labels"])),
+        )
+    return lengths, truncation
 
 
 def save_histogram(path: Path, lengths: Sequence[int], unit: str, limit: int | None, title: str) -> None:
@@ -120,13 +153,11 @@ def run(args: argparse.Namespace) -> int:
             check_output_suffix(output, json_list=output.suffix.lower() == ".json")
     fmt, examples = load_examples(args.input)
     texts = [example.text() for example in examples]
-    tokens = prompt_tokens = None
+    tokens = truncation = None
     if args.tokenizer is not None:
-        prompts = [render_example(example.record)[0] for example in examples]
-        counts = count_tokens(args.tokenizer, texts + prompts)
-        tokens, prompt_tokens = counts[: len(texts)], counts[len(texts) :]
+        tokens, truncation = encode_as_training(args, examples)
     chars = [len(text) for text in texts]
-    lines = format_report(args.input, fmt, examples, chars, tokens, prompt_tokens, args.max_seq_length)
+    lines = format_report(args.input, fmt, examples, chars, tokens, truncation, args.max_seq_length)
     if args.histogram is not None:
         unit, lengths, limit = ("tokens", tokens, args.max_seq_length) if tokens else ("characters", chars, None)
         save_histogram(args.histogram, lengths, unit, limit, f"{args.input.name}: {len(examples)} records")

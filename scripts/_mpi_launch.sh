@@ -7,9 +7,23 @@
 # Environment: MPIRUN (default mpirun), PYTHON (default python3); variables already exported win over defaults.
 
 mpi_usage() {
-    echo "usage: $(basename "$0") [-n NP] [-ppn PER_NODE] [-f HOSTFILE] [-t THREADS] [--no-bind] [--dry-run]" \
-        "SCRIPT.py [SCRIPT ARGS...]" >&2
-    echo "$USAGE" >&2
+    cat <<EOF
+usage: $(basename "$0") [-n NP] [-ppn PER_NODE] [-f HOSTFILE] [-t THREADS] [--no-bind] [--dry-run] SCRIPT.py [ARGS...]
+$USAGE
+
+  -n, -np NP        ranks in all (default: PER_NODE x the hostfile's nodes); without -ppn they are spread over
+                    the nodes, so -n 2 on one host runs 2 ranks there
+  -ppn PER_NODE     ranks per node (default here: ${DEFAULT_PPN:-?}; NP / nodes when -n is given)
+  -f, --hostfile F  MPICH/Intel MPI (host:ranks) or Open MPI (host slots=N) host file; rank 0 runs on its first host
+  -t, --threads T   OpenMP threads per rank (default: OMP_NUM_THREADS, else this node's physical cores / PER_NODE,
+                    so that threads x ranks never exceed the cores)
+  --no-bind         do not pin ranks to cores
+  --dry-run         print the mpirun command line and exit
+  -h, --help        this text
+
+Environment: MPIRUN (default mpirun), PYTHON (default python3), CORES_PER_RANK (run_mpi_cpu.sh: default 4).
+The command line is printed before it runs, prefixed with '+'.
+EOF
 }
 
 # intel | openmpi | mpich: they spell pinning and environment passing differently. MVAPICH's mpiexec is Hydra.
@@ -55,11 +69,11 @@ mpi_launch() {
             --dry-run) dry_run=1; shift ;;
             -h | --help) mpi_usage; exit 0 ;;
             --) shift; break ;;
-            -*) echo "unknown option: $1" >&2; mpi_usage; exit 2 ;;
+            -*) echo "error: unknown option: $1 (see --help)" >&2; exit 2 ;;
             *) break ;;
         esac
     done
-    if (($# == 0)); then mpi_usage; exit 2; fi
+    if (($# == 0)); then echo "error: no SCRIPT.py to run (see --help)" >&2; exit 2; fi
 
     local mpirun="${MPIRUN:-mpirun}" python="${PYTHON:-python3}" nodes=1
     if ! command -v "$mpirun" >/dev/null; then
@@ -77,6 +91,13 @@ mpi_launch() {
         MASTER_ADDR="${MASTER_ADDR:-$(hostfile_hosts "$hostfile" | head -n 1)}"
         export MASTER_ADDR
     fi
+    if [[ -n "$np" && ! "$np" =~ ^[1-9][0-9]*$ ]]; then
+        echo "error: -n must be a positive integer, got '$np'" >&2
+        exit 2
+    fi
+    # -n without -ppn: the ranks asked for, spread over the nodes (not the default per-node count times the
+    # nodes, which would put fewer ranks on a node, each with more threads than its share of the cores).
+    if [[ -z "$ppn" && -n "$np" ]]; then ppn=$(((np + nodes - 1) / nodes)); fi
     ppn="${ppn:-$DEFAULT_PPN}"
     if ! [[ "$ppn" =~ ^[0-9]+$ && "$ppn" -ge 1 ]]; then
         echo "error: ${PPN_HINT:-ranks per node must be a positive integer, got '$ppn'}" >&2
@@ -85,9 +106,14 @@ mpi_launch() {
     np="${np:-$((ppn * nodes))}"
     # Each rank gets its share of the physical cores, so the ranks of a node never oversubscribe it. The count
     # is this node's: launching from a login node unlike the compute nodes needs -t.
-    local share=$(($(physical_cores) / ppn))
+    local cores share
+    cores=$(physical_cores)
+    share=$((cores / ppn))
     threads="${threads:-${OMP_NUM_THREADS:-$((share > 0 ? share : 1))}}"
     export OMP_NUM_THREADS="$threads"
+    if ((threads * ppn > cores)); then
+        echo "warning: $ppn ranks x $threads threads per node exceed this node's $cores physical cores" >&2
+    fi
 
     local flavour name cmd=()
     flavour=$(mpi_flavour "$mpirun")

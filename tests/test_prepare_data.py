@@ -428,3 +428,45 @@ def test_read_json_records_ignores_blank_lines() -> None:
         7,
         8,
     ]
+
+
+def test_inspect_and_training_cut_the_same_samples_and_keep_the_same_loss_tokens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_tokenizer
+) -> None:
+    """One truncation rule: the report's counts are those of training's data report on the same file."""
+    from functools import partial
+
+    from finetuning.data.encoding import encode_causal_record
+    from finetuning.data.preprocessing import build_dataset
+    from finetuning.data.records import load_data_file
+    from finetuning.data.templates import get_template
+
+    tokenizer_path = tmp_path / "tokenizer"
+    tiny_tokenizer.save_pretrained(tokenizer_path)
+    data = ROOT / "data" / "sample_instructions.jsonl"
+    inspect_data.main(["--input", str(data), "--tokenizer", str(tokenizer_path), "--max_seq_length", "170"])
+    report = capsys.readouterr().out
+    over = int(report.split("over --max_seq_length 170 tokens: ")[1].split(" ")[0])
+    kept = int(report.split("tokens in the loss after cutting: ")[1].split(" ")[0].replace(",", ""))
+
+    encode = partial(
+        encode_causal_record,
+        tokenizer=tiny_tokenizer,
+        template=get_template("alpaca"),
+        max_length=170,
+        train_on_inputs=False,
+    )
+    _, training = build_dataset(
+        load_data_file(str(data)),
+        encode,
+        split="train",
+        settings={"max_length": 170},
+        tokenizer=tiny_tokenizer,
+        pack_block_size=None,
+        batch_size=8,
+        num_proc=None,
+        cache_dir=str(tmp_path / "cache"),
+        overwrite_cache=True,
+    )
+    assert 0 < over < training.records  # some, not all: the comparison means something
+    assert (over, kept) == (training.truncated, training.supervised_tokens)

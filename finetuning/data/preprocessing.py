@@ -18,6 +18,7 @@ from typing import Any
 
 from finetuning.data.packing import pack_batch
 from finetuning.data.records import LoadedData
+from finetuning.data.samples import supervised_count
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,18 @@ class DataReport:
             f"{self.truncated} truncated{packing}; {self.tokens} tokens ({self.supervised_tokens} in the loss), "
             f"padding {100 * self.padding_fraction:.1f}% of batch tokens"
         )
+
+    def truncation_warning(self, limit: str) -> str | None:
+        """One line when samples were cut to ``limit`` (the flag and its value), louder when all of them were."""
+        if not self.truncated:
+            return None
+        if self.truncated == self.sequences:
+            return (
+                f"{self.split} data: ALL {self.truncated} samples were cut to {limit}: raise it, or see what is "
+                "lost with prepare_data/inspect_data.py --tokenizer"
+            )
+        share = 100 * self.truncated / max(self.sequences, 1)
+        return f"{self.split} data: {self.truncated} of {self.sequences} samples ({share:.1f}%) were cut to {limit}"
 
 
 def cache_key(records: list[dict[str, Any]], tokenizer: Any, settings: dict[str, Any]) -> str:
@@ -77,8 +90,7 @@ def _with_statistics(row: dict[str, str], encode: Callable[[dict[str, Any]], dic
     sample = encode(json.loads(row["record"]))
     sample["length"] = len(sample["input_ids"])
     if "supervised" not in sample:  # encoders whose labels are not shifted (seq2seq) count their own
-        # position 0 is never a target (labels shift by one), packed or not: count what the loss really sees
-        sample["supervised"] = sum(1 for label in sample["labels"][1:] if label != -100)
+        sample["supervised"] = supervised_count(sample["labels"])
     return sample
 
 
@@ -150,6 +162,12 @@ def build_dataset(
     return result, report
 
 
+def _length_limit(data_args: Any) -> str:
+    if hasattr(data_args, "max_source_length"):
+        return f"--max_source_length {data_args.max_source_length} / --max_target_length {data_args.max_target_length}"
+    return f"--max_seq_length {data_args.max_seq_length}"
+
+
 def build_split_datasets(
     splits: Any,
     encode: Callable[[dict[str, Any]], dict[str, Any]],
@@ -185,6 +203,9 @@ def build_split_datasets(
             )
             if training_args.process_index == 0:
                 logger.info(report.format())
+                warning = report.truncation_warning(_length_limit(data_args))
+                if warning:
+                    logger.warning(warning)
     for note in splits.notes:
         logger.info(note)
     return built["train"], built["validation"]

@@ -38,3 +38,8 @@ def fit_to_length(prompt_ids: list[int], response_ids: list[int], max_length: in
     if len(prompt_ids) > prompt_budget:
         prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - prompt_budget + 1 :] if prompt_budget > 1 else []
     return prompt_ids, response_ids
+
+
+def supervised_count(labels: list[int]) -> int:
+    """Label tokens the loss really sees: position 0 is never a target (labels shift by one), packed or not."""
+    return sum(1 for label in labels[1:] if label != IGNORE_INDEX)

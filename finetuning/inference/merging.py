@@ -17,6 +17,17 @@ from finetuning.inference.run_files import ADAPTER_CONFIG
 logger = logging.getLogger("finetuning")
 
 
+def check_merge_destination(output_dir: str, *sources: str | None) -> None:
+    """Refuse a destination that is a source or already holds a model: before the model loads, and again after."""
+    output = Path(output_dir)
+    if output.resolve() in {Path(source).resolve() for source in sources if source}:
+        raise UserError(
+            "is the base or adapter directory: choose a new directory", path=output_dir, field="merge_and_save"
+        )
+    if any((output / name).exists() for name in ("config.json", ADAPTER_CONFIG)):
+        raise UserError("already holds a model: choose a new directory", path=output_dir, field="merge_and_save")
+
+
 def merge_and_save(loaded: LoadedModel, output_dir: str) -> Path:
     """Fold the adapter into the base weights and save a model that needs neither PEFT nor the adapter."""
     from peft import PeftModel
@@ -34,13 +45,8 @@ def merge_and_save(loaded: LoadedModel, output_dir: str) -> Path:
             "weights; serve the base with --peft_model_path instead",
             field="merge_and_save",
         )
+    check_merge_destination(output_dir, loaded.base_path, loaded.adapter_path)
     output = Path(output_dir)
-    if output.resolve() in {Path(loaded.base_path).resolve(), Path(loaded.adapter_path or "").resolve()}:
-        raise UserError(
-            "is the base or adapter directory: choose a new directory", path=output_dir, field="merge_and_save"
-        )
-    if any((output / name).exists() for name in ("config.json", ADAPTER_CONFIG)):
-        raise UserError("already holds a model: choose a new directory", path=output_dir, field="merge_and_save")
     try:
         merged = loaded.model.merge_and_unload()
     except (ValueError, NotImplementedError, AttributeError) as error:

@@ -64,15 +64,14 @@ class ModelArguments:
 
 
 @dataclass
-class PeftArguments:
-    """Which parameter-efficient method to train, and its sizes."""
+class Seq2SeqPeftArguments:
+    """Which parameter-efficient method to train, and its sizes (encoder-decoder models: no LLaMA-Adapter)."""
 
     peft: str = field(
         default="lora",
         metadata={
-            "help": "lora, ptun (P-tuning), prefix, prompt (prompt tuning), llama_adapter, ia3, or none "
-            "(full fine-tuning).",
-            "choices": PEFT_METHODS,
+            "help": "lora, ptun (P-tuning), prefix, prompt (prompt tuning), ia3, or none (full fine-tuning).",
+            "choices": tuple(method for method in PEFT_METHODS if method != "llama_adapter"),
         },
     )
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
@@ -92,6 +91,20 @@ class PeftArguments:
         default=10, metadata={"help": "Virtual tokens for P-tuning, prefix tuning and prompt tuning."}
     )
     ptun_hidden_size: int = field(default=1024, metadata={"help": "Hidden size of the P-tuning prompt encoder."})
+
+
+@dataclass
+class PeftArguments(Seq2SeqPeftArguments):
+    """Which parameter-efficient method to train, and its sizes."""
+
+    peft: str = field(
+        default="lora",
+        metadata={
+            "help": "lora, ptun (P-tuning), prefix, prompt (prompt tuning), llama_adapter, ia3, or none "
+            "(full fine-tuning).",
+            "choices": PEFT_METHODS,
+        },
+    )
     adapter_layers: int = field(
         default=30, metadata={"help": "LLaMA-Adapter: how many top layers get adaption prompts (capped at the depth)."}
     )

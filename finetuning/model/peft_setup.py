@@ -7,6 +7,7 @@ architecture cannot take are refused before any weights are loaded, with one lin
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 from finetuning.errors import UserError
@@ -86,7 +87,11 @@ def apply_peft(model: Any, peft_config: Any, *, gradient_checkpointing: bool = F
     if gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
     try:
-        wrapped = peft.get_peft_model(model, peft_config)
+        with warnings.catch_warnings():
+            # PEFT reads transformers' deprecated is_gradient_checkpointing alias: a FutureWarning on every run
+            # that says nothing about the user's run.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            wrapped = peft.get_peft_model(model, peft_config)
     except (ValueError, TypeError, AttributeError, NotImplementedError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         method = type(peft_config).__name__

@@ -1,103 +1,25 @@
-"""The training flags: ``transformers.TrainingArguments`` plus the project's switches and the old flags.
+"""The training flags: ``transformers.TrainingArguments`` plus the project's own (finetuning/training/flags.py).
 
-``TrainingArguments`` supplies everything it already has; the subclasses here add only the project's speed and
-reliability switches and the flags that older ``transformers`` releases had and users' command lines still
-pass. Model and data flags live beside the code that reads them (:mod:`finetuning.model.arguments`,
-:mod:`finetuning.data.arguments`).
+``TrainingArguments`` supplies everything it already has; the classes here mix in the project's speed,
+reliability and report switches and the old flags, settle what they mean on this machine (device, process
+group, log destination), and refuse values that would only fail later with a traceback.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from finetuning.errors import UserError
+from finetuning.training.flags import LegacyTrainingFlags, ReliabilityFlags, ReportFlags, SpeedFlags
 
 
-@dataclass
-class SpeedFlags:
-    """Switches of the project's own speed-ups (finetuning/model/acceleration.py)."""
-
-    auto_optimize: bool = field(
-        default=True,
-        metadata={
-            "help": "Apply the device's safe speed-ups (LoRA inputs kept in bf16; Liger kernels on CUDA when "
-            "installed). Results change only by rounding; False gives the plain Trainer + PEFT path."
-        },
-    )
-    # transformers types this field ``str | bool`` and its parser then takes only booleans, so 'non_padding',
-    # the one that measures real throughput, could not be asked for from the command line.
-    include_num_input_tokens_seen: str = field(
-        default="no",
-        metadata={
-            "help": "Count the input tokens trained on ('non_padding': without padding; 'all'; 'no'). When on, the "
-            "train metrics include train_steady_tokens_per_second, summed over ranks, first steps left out.",
-            "choices": ["no", "non_padding", "all"],
-        },
-    )
-
-
-@dataclass
-class ReliabilityFlags:
-    """Switches of finetuning/training/reliability.py."""
-
-    skip_nonfinite_batches: bool = field(
-        default=False,
-        metadata={
-            "help": "When a batch's loss is NaN or inf, skip that step's weight update (with a warning) instead of "
-            "stopping the run with an error; the run still stops after 10 such steps in a row."
-        },
-    )
-
-
-@dataclass
-class LegacyTrainingFlags:
-    """Flags that ``transformers`` 5 dropped but the command lines in use still pass, with their old meaning."""
-
-    evaluation_strategy: str | None = field(
-        default=None, metadata={"help": "Old name of --eval_strategy ('no', 'steps', 'epoch')."}
-    )
-    no_cuda: bool = field(default=False, metadata={"help": "Old name of --use_cpu: train on the CPU."})
-    xpu_backend: str | None = field(
-        default=None, metadata={"help": "Old name of --ddp_backend (e.g. 'ccl', 'gloo', 'mpi')."}
-    )
-    group_by_length: bool = field(
-        default=False, metadata={"help": "Batch samples of similar length together (less padding)."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Start over in an output_dir that holds a finished run or checkpoints. Without it a finished "
-            "run is never overwritten and an interrupted one resumes."
-        },
-    )
-    use_ipex: bool = field(
-        default=False, metadata={"help": "Use intel_extension_for_pytorch when installed and matching torch."}
-    )
-    warmup_ratio: float | None = field(
-        default=None,
-        metadata={"help": "Old spelling of a fractional --warmup_steps: warm up over this share of steps."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.evaluation_strategy is not None:
-            self.eval_strategy = self.evaluation_strategy
-        if self.no_cuda:
-            self.use_cpu = True
-        if self.warmup_ratio is not None:
-            self.warmup_steps = self.warmup_ratio
-        if self.group_by_length:
-            self.train_sampling_strategy = "group_by_length"
-        device_type = _device_type(self.use_cpu)
-        if device_type == "cpu":
-            # Without an accelerator say so: transformers refuses --bf16 otherwise (the old scripts' "--bf16 on
-            # Sapphire Rapids" means bf16 autocast on the CPU), and accelerate starts no CPU data-parallel job.
-            self.use_cpu = True
-        if self.output_dir is None:
-            raise UserError("--output_dir is required", field="output_dir")
-        self.ddp_backend = _start_backend(self.ddp_backend or self.xpu_backend, device_type, self.ddp_timeout)
-        super().__post_init__()
+def tensorboard_installed() -> bool:
+    """Whether transformers' TensorBoard callback can write (it takes tensorboard or tensorboardX)."""
+    return any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX"))
 
 
 def _device_type(use_cpu: bool) -> str:
@@ -124,11 +46,66 @@ def _start_backend(requested: str | None, device_type: str, timeout_s: float) ->
     return None if backend == "ccl" else backend
 
 
-@dataclass
-class FinetuneTrainingArguments(SpeedFlags, ReliabilityFlags, LegacyTrainingFlags, TrainingArguments):
-    """``TrainingArguments`` plus the legacy flags and the project's speed switches."""
+def _report_destinations(report_to: str | list[str] | None) -> str | list[str]:
+    if report_to is None:
+        return "tensorboard" if tensorboard_installed() else "none"
+    wanted = report_to if isinstance(report_to, list) else [report_to]
+    if "tensorboard" in wanted and not tensorboard_installed():
+        raise UserError("--report_to tensorboard: tensorboard is not installed (pip install tensorboard)")
+    return report_to
+
+
+def _refuse_what_would_fail_later(args: Any) -> None:
+    """Values the optimizer or the hub client would reject only after the model is loaded, with a traceback."""
+    if args.learning_rate < 0:
+        raise UserError(f"--learning_rate: must not be negative, got {args.learning_rate}")
+    if args.push_to_hub:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise UserError("--push_to_hub: the hub is offline here (HF_HUB_OFFLINE is set)")
+
+
+class _SettleOnThisMachine:
+    """The ``__post_init__`` both argument classes share: old flags, device, process group, log destinations."""
+
+    def __post_init__(self: Any) -> None:
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if self.no_cuda:
+            self.use_cpu = True
+        if self.warmup_ratio is not None:
+            self.warmup_steps = self.warmup_ratio
+        if self.group_by_length:
+            self.train_sampling_strategy = "group_by_length"
+        if self.output_dir is None:
+            raise UserError("--output_dir is required", field="output_dir")
+        _refuse_what_would_fail_later(self)
+        self.report_to = _report_destinations(self.report_to)
+        device_type = _device_type(self.use_cpu)
+        if device_type == "cpu":
+            # Without an accelerator say so: transformers refuses --bf16 otherwise (the old scripts' "--bf16 on
+            # Sapphire Rapids" means bf16 autocast on the CPU), and accelerate starts no CPU data-parallel job.
+            self.use_cpu = True
+        self.ddp_backend = _start_backend(self.ddp_backend or self.xpu_backend, device_type, self.ddp_timeout)
+        super().__post_init__()  # type: ignore[misc]
 
 
 @dataclass
-class Seq2SeqFinetuneTrainingArguments(SpeedFlags, ReliabilityFlags, LegacyTrainingFlags, Seq2SeqTrainingArguments):
-    """``Seq2SeqTrainingArguments`` plus the legacy flags and the project's speed switches."""
+class FinetuneTrainingArguments(
+    _SettleOnThisMachine, SpeedFlags, ReliabilityFlags, ReportFlags, LegacyTrainingFlags, TrainingArguments
+):
+    """``TrainingArguments`` plus the project's flags and the old ones."""
+
+
+@dataclass
+class Seq2SeqFinetuneTrainingArguments(
+    _SettleOnThisMachine, SpeedFlags, ReliabilityFlags, ReportFlags, LegacyTrainingFlags, Seq2SeqTrainingArguments
+):
+    """``Seq2SeqTrainingArguments`` plus the project's flags and the old ones."""
+
+    # transformers' help promises BLEU too; this suite computes ROUGE only (finetuning/training/seq2seq.py).
+    predict_with_generate: bool = field(
+        default=False,
+        metadata={"help": "With --do_eval: generate the responses and score them with ROUGE-1/2/L."},
+    )

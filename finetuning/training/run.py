@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,13 @@ RUN_ARGUMENTS_FILE = "finetune_args.json"
 # Written after the model: a run killed while saving its final model has no results yet and resumes.
 RESULTS_MARKERS = ("all_results.json", "train_results.json")
 FINISHED_MARKERS = (*RESULTS_MARKERS, "adapter_config.json", "model.safetensors")
+QUIET_BELOW_DEBUG = (
+    "transformers.configuration_utils",
+    "transformers.generation.configuration_utils",
+    "transformers.modeling_utils",
+    "transformers.tokenization_utils_base",
+    "transformers.utils.hub",
+)
 
 
 def setup_logging(training_args: Any) -> None:
@@ -42,6 +50,10 @@ def setup_logging(training_args: Any) -> None:
     )
     logger.setLevel(level)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    if training_args.get_process_log_level() > logging.DEBUG:
+        # At info these print every config they read or write in full: ~180 lines for a 5-step run.
+        for name in QUIET_BELOW_DEBUG:
+            logging.getLogger(name).setLevel(max(logging.WARNING, training_args.get_process_log_level()))
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
 
@@ -95,6 +107,10 @@ def save_run_arguments(output_dir: str, arguments: tuple[Any, ...]) -> None:
     for group in arguments:
         values = group.to_dict() if hasattr(group, "to_dict") else dataclasses.asdict(group)
         payload.update({key: value for key, value in values.items() if not key.startswith("_")})
+    if payload.get("report_to") == []:  # no destination is "none", which its default (None) is not
+        payload["report_to"] = "none"
+    for key in [key for key, value in payload.items() if value == []]:
+        del payload[key]  # a flag cannot spell an empty list; leaving it out gives the same default back
     (Path(output_dir) / RUN_ARGUMENTS_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
@@ -161,6 +177,7 @@ def train_and_save(
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
+        make_weights_readable(training_args.output_dir)
         save_template_name(training_args.output_dir, data_args.prompt_template, data_args.chat_template)
         save_run_arguments(training_args.output_dir, arguments)
     return metrics
@@ -176,3 +193,37 @@ def evaluate_and_save(trainer: Any, *, eval_samples: int, **evaluate_kwargs: Any
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     return metrics
+
+
+def make_weights_readable(directory: str) -> None:
+    """Weights get the mode of any other saved file (0644 under the usual umask): safetensors writes them 0600,
+    which other accounts of a cluster, or a serving container's user, cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(directory).rglob("*.safetensors"):
+        path.chmod(0o666 & ~umask)
+
+
+def _dataset_tokens(dataset: Any) -> int | None:
+    """Tokens (no padding: batches are padded later, by the collator) in one pass over the training data."""
+    if dataset is None or "input_ids" not in dataset.column_names:
+        return None
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.list_value_length(dataset.data.column("input_ids"))).as_py() or 0)
+
+
+def report_run(trainer: Any, arguments: tuple[Any, ...], metrics: dict[str, float]) -> None:
+    """The run report in output_dir (finetuning/training/report.py): loss curve and model card, main process only."""
+    if not trainer.is_world_process_zero():
+        return
+    from finetuning.training.report import write_run_report
+
+    written = write_run_report(
+        trainer.args.output_dir,
+        arguments,
+        metrics,
+        trainer.state.log_history,
+        train_tokens=_dataset_tokens(trainer.train_dataset),
+    )
+    logger.info("run report: %s", ", ".join(str(path) for path in written))

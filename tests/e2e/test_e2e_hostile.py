@@ -39,7 +39,7 @@ BAD_FILES = {
 }
 # bad flags and unsafe models -> (extra flags, the start of the error line); a missing model: test_e2e_clm.py
 BAD_STARTS = {
-    "unknown peft method": (["--peft", "lorra"], "finetune_clm.py: error: argument --peft: invalid choice: 'lorra'"),
+    "unknown peft method": (["--peft", "lorra"], "error: --peft: invalid choice: 'lorra'"),
     "missing checkpoint": (
         ["--resume_from_checkpoint", "{tmp}/no_checkpoint"],
         "error: {tmp}/no_checkpoint: field 'resume_from_checkpoint': no such checkpoint directory",

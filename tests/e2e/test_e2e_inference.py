@@ -314,3 +314,12 @@ def test_bad_input_is_one_line_exit_2(case, expected, capsys, tiny_model, tmp_pa
     message = user_error(capsys, *flags)
     assert expected.format(tmp=tmp_path) in message
     assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "merged").exists()
+
+
+def test_merge_destination_is_checked_before_any_model_loads(capsys, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "config.json").write_text("{}")
+    # the adapter does not exist either: the destination is what must be refused, since it is checked first
+    message = user_error(capsys, "--peft_model_path", tmp_path / "no_adapter", "--merge_and_save", taken, "--infer")
+    assert message == f"error: {taken}: field 'merge_and_save': already holds a model: choose a new directory"

@@ -319,7 +319,7 @@ def test_what_cannot_work_is_one_line_exit_2_and_nothing_written(case, run, tiny
         ),
         "llama_adapter": (
             ["--model_name_or_path", tiny_model("t5"), "--train_file", sample_file, "--peft", "llama_adapter"],
-            "field 'peft': llama_adapter supports only",
+            "--peft: invalid choice: 'llama_adapter'",
         ),
         "chat records": (
             ["--model_name_or_path", tiny_model("t5"), "--train_file", chat],

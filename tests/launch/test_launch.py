@@ -735,3 +735,26 @@ def test_plain_mpirun_rank_is_pinned_before_torch_starts_openmp(tmp_path):
         pytest.skip("the test runs bound to some cores already; a bound rank is left alone")
     expected = rank_cores(physical_cores(set(usable)), 1, 2)
     assert after == f"{expected} {len(expected)} cores"
+def _physical_cores() -> int:
+    listing = subprocess.run(["lscpu", "-p=CORE,SOCKET"], capture_output=True, text=True).stdout
+    cores = {line for line in listing.splitlines() if line and not line.startswith("#")}
+    return len(cores) or os.cpu_count() or 1
+
+
+def test_run_mpi_cpu_n_ranks_on_one_host_never_oversubscribe_its_cores(fake_mpirun):
+    # CORES_PER_RANK larger than the host makes the default one rank per node: -n 2 must still mean 2 ranks
+    # here, each with its share of the cores, not 2 ranks each given every core.
+    result = dry_run("run_mpi_cpu.sh", "-n 2 x.py", MPIRUN=fake_mpirun("hydra"), CORES_PER_RANK="1000")
+    assert result.returncode == 0, result.stderr
+    summary = re.search(r"(\d+) ranks, (\d+) per node on 1 node\(s\), (\d+) OpenMP threads each", result.stderr)
+    assert summary is not None, result.stderr
+    ranks, per_node, threads = map(int, summary.groups())
+    assert (ranks, per_node) == (2, 2)
+    assert ranks * threads <= max(_physical_cores(), 2)
+
+
+def test_mpi_launchers_have_a_real_help():
+    result = run(REPO / "scripts" / "run_mpi_cpu.sh", "--help")
+    assert result.returncode == 0
+    for option in ("-n, -np NP", "-ppn PER_NODE", "-t, --threads", "--dry-run", "MPIRUN"):
+        assert option in result.stdout
