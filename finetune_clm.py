@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             data_args=data_args,
             resume_from=resume_from,
             train_samples=len(splits.train.records),
+            chat_only=all("messages" in record for record in splits.train.records),
         )
     if training_args.do_eval:
         metrics |= evaluate_and_save(trainer, eval_samples=len(splits.validation.records))

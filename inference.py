@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         top_k=args.top_k,
         repetition_penalty=args.repetition_penalty,
         num_beams=args.num_beams,
-        chat_template=loaded.chat_template,
+        chat_template=loaded.rendering.chat_template,
     )
-    generator = generation.Generator(loaded.model, loaded.tokenizer, config, loaded.template, loaded.chat_template)
+    generator = generation.Generator(loaded.model, loaded.tokenizer, config, loaded.rendering)
     set_seed(args.seed)
     for wanted, records in ((args.infer, list(generation.SAMPLE_INSTRUCTIONS)), (args.instructions, args.instructions)):
         if wanted:

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from finetuning.data.encoding import encode_prompt
 from finetuning.data.records import Record
-from finetuning.data.templates import PromptTemplate, get_template
+from finetuning.data.templates import Rendering, get_template
 from finetuning.errors import UserError
 
 SAMPLE_INSTRUCTIONS: tuple[dict[str, str], ...] = (
@@ -91,15 +91,18 @@ def stop_token_ids(model: Any, tokenizer: Any, chat_template: str | None = None)
     return ids
 
 
+def user_turn(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
 @dataclass
 class Generator:
-    """A model, its tokenizer and its prompt template: records in, answers out."""
+    """A model, its tokenizer and how it was prompted in training: records in, answers out."""
 
     model: Any
     tokenizer: Any
     generation_config: Any
-    template: PromptTemplate = field(default_factory=lambda: get_template("alpaca"))
-    chat_template: str | None = None
+    rendering: Rendering = field(default_factory=lambda: Rendering(get_template("alpaca")))
     generated_tokens: int = field(default=0, init=False)  # new tokens so far, stop token excluded
 
     @property
@@ -116,9 +119,12 @@ class Generator:
         by the very function that tokenized the prompt side of each training sample."""
         if isinstance(record, str):
             record = {"instruction": record, "input": ""}
+        if "messages" not in record and self.rendering.chat:  # a chat model: the instruction is a user turn
+            given = record.get("input", "")
+            record = {"messages": [user_turn(record["instruction"] + (f"\n\n{given}" if given.strip() else ""))]}
         if "messages" in record:
             return self._chat_prompt_ids(record["messages"])
-        prompt = self.template.render(record["instruction"], record.get("input", ""))
+        prompt = self.rendering.template.render(record["instruction"], record.get("input", ""))
         if self.is_encoder_decoder:
             from finetuning.data.seq2seq import encode_source
 
@@ -137,7 +143,7 @@ class Generator:
             )
         if messages and messages[-1]["role"] == "assistant":  # a training record: answer its last turn again
             messages = messages[:-1]
-        text = render_chat_prompt(self.tokenizer, messages, self.chat_template)
+        text = render_chat_prompt(self.tokenizer, messages, self.rendering.chat_template)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # the rendering holds any BOS
 
     # --- generation --------------------------------------------------------------------------------------

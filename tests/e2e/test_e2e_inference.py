@@ -328,8 +328,9 @@ def test_adapter_whose_base_is_gone(capsys, tiny_model, tmp_path):
     shutil.rmtree(base)
     message = user_error(capsys, "--peft_model_path", tmp_path / "adapter", "--infer")
     assert message == (
-        f"error: field 'base_model_path': the adapter's base model '{base}' (base_model_name_or_path "
-        "in adapter_config.json) does not exist here: pass --base_model_path"
+        f"error: field 'base_model_path': the adapter's base model '{base}' (base_model_name_or_path in "
+        "adapter_config.json) is neither a local directory nor in the Hugging Face cache: pass --base_model_path "
+        "(its local copy, or a hub name to download)"
     )
 
 
