@@ -73,19 +73,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report.setdefault("answers", []).extend(answers)
     if pairs is not None:
         result = inference_modes.predict_file(generator, pairs, args.output_file, args.batch_size)
-        rate = result.new_tokens / result.seconds if result.seconds else 0.0
-        print(
-            f"wrote {result.records} predictions to {args.output_file} ({result.seconds:.1f} s, "
-            f"{rate:.1f} new tokens/s)",
-            flush=True,
-        )
-        report["predictions"] = result.records
+        print(result.format(args.output_file), flush=True)
+        report["predictions"], report["scores"] = result.records, result.scores
     if args.bench:
         bench = inference_modes.bench(generator, list(generation.SAMPLE_INSTRUCTIONS), runs=args.bench_runs)
         print(bench.format(), flush=True)
         report["first_token_latency_s"], report["tokens_per_s"] = bench.first_token_latency, bench.tokens_per_second
     if args.interactive:
-        report["interactive_answers"] = inference_modes.interactive(generator, sys.stdin, sys.stdout)
+        from finetuning.inference.interactive import interactive
+
+        report["interactive_answers"] = interactive(generator, sys.stdin, sys.stdout)
     return report
 
 

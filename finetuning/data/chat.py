@@ -187,3 +187,9 @@ def end_of_turn_token_ids(tokenizer: Any, chat_template: str | None = None) -> l
         if marker is not None and _single_token(tokenizer, marker):
             stops.append(tokenizer.convert_tokens_to_ids(marker))
     return stops
+
+
+def chat_only(records: list[Any]) -> bool:
+    """Every record is a conversation: the model learns the chat rendering only, so plain instructions are to be
+    prompted as a user turn."""
+    return bool(records) and all("messages" in record for record in records)

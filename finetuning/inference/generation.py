@@ -11,7 +11,7 @@ the first EOS, so an answer never echoes its prompt.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -192,8 +192,11 @@ class Generator:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def generate(self, records: Iterable[Record | str], batch_size: int = 8) -> list[str]:
-        """Answers for ``records``, in order; batches hold prompts of similar length, to pad little."""
+    def generate(
+        self, records: Iterable[Record | str], batch_size: int = 8, on_batch: Callable[[int], Any] | None = None
+    ) -> list[str]:
+        """Answers for ``records``, in order; batches hold prompts of similar length, to pad little.
+        ``on_batch`` is told how many prompts each finished batch answered (a progress bar's ``update``)."""
         prompts = [self.prompt_ids(record) for record in records]
         order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]), reverse=True)
         answers: list[str] = [""] * len(prompts)
@@ -201,6 +204,8 @@ class Generator:
             chunk = order[start : start + batch_size]
             for index, ids in zip(chunk, self.generate_ids([prompts[index] for index in chunk]), strict=True):
                 answers[index] = self.decode(ids)
+            if on_batch is not None:
+                on_batch(len(chunk))
         return answers
 
     def stream(self, record: Record | str, out: TextIO) -> str:

@@ -125,8 +125,18 @@ def _start_backend(requested: str | None, device_type: str, timeout_s: float) ->
 
 
 @dataclass
-class FinetuneTrainingArguments(SpeedFlags, ReliabilityFlags, LegacyTrainingFlags, TrainingArguments):
-    """``TrainingArguments`` plus the legacy flags and the project's speed switches."""
+class PredictionFlags:
+    """``--do_predict`` for causal LMs: the decoding settings ``Seq2SeqTrainingArguments`` has for seq2seq."""
+
+    generation_max_length: int = field(
+        default=128, metadata={"help": "--do_predict: most new tokens generated per answer (greedy decoding)."}
+    )
+    generation_num_beams: int = field(default=1, metadata={"help": "--do_predict: beam search width; 1: none."})
+
+
+@dataclass
+class FinetuneTrainingArguments(SpeedFlags, ReliabilityFlags, LegacyTrainingFlags, PredictionFlags, TrainingArguments):
+    """``TrainingArguments`` plus the legacy flags, ``--do_predict``'s decoding and the project's speed switches."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from finetuning.data.templates import Rendering, get_template, save_rendering
+from finetuning.data.templates import Rendering, save_rendering
 from finetuning.errors import UserError
 from finetuning.training import checkpoints
 
@@ -147,15 +147,11 @@ def train_and_save(
     trainer: Any,
     *,
     arguments: tuple[Any, ...],
-    data_args: Any,
+    rendering: Rendering,
     resume_from: str | None,
     train_samples: int,
-    chat_only: bool = False,
 ) -> dict[str, float]:
-    """Train, save model + tokenizer + template + arguments + metrics; returns the train metrics.
-
-    ``chat_only``: every training record was a conversation, so inference prompts plain instructions as chat.
-    """
+    """Train, save model + tokenizer + prompt rendering + arguments + metrics; returns the train metrics."""
     from finetuning.training import reliability
 
     training_args = trainer.args
@@ -170,7 +166,6 @@ def train_and_save(
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        rendering = Rendering(get_template(data_args.prompt_template), data_args.chat_template, chat_only)
         save_rendering(training_args.output_dir, rendering)
         save_run_arguments(training_args.output_dir, arguments)
     return metrics

@@ -297,6 +297,37 @@ def test_seq2seq_model_runs(tiny_model, train_file, tmp_path):
     assert len(rows) == len(RECORDS) and all(isinstance(row["prediction"], str) for row in rows)
 
 
+@pytest.mark.slow
+def test_clm_do_predict_writes_and_scores_predictions_of_the_validation_file(full_run, train_file, tmp_path):
+    output = tmp_path / "predict"
+    result = run_script(
+        "finetune_clm.py",
+        *("--model_name_or_path", full_run, "--validation_file", train_file, "--output_dir", output),
+        *("--do_predict", "--peft", "none", "--report_to", "none", "--generation_max_length", "32"),
+    )
+    assert_ok(result)
+    assert_memorized(read_jsonl(output / "predictions.jsonl"))
+    metrics = json.loads((output / "predict_results.json").read_text())
+    assert metrics["predict_samples"] == len(RECORDS) and metrics["predict_exact_match"] == 100.0
+    assert metrics["predict_rougeL"] == 100.0 and metrics["predict_empty_answers"] == 0
+
+
+@pytest.mark.slow
+def test_seq2seq_do_predict_saves_its_generated_predictions(tiny_model, train_file, tmp_path):
+    output = tmp_path / "predict"
+    result = run_script(
+        "finetune_seq2seq.py",
+        *("--model_name_or_path", tiny_model("t5"), "--validation_file", train_file, "--output_dir", output),
+        *("--do_predict", "--predict_with_generate", "--max_target_length", "6", "--report_to", "none"),
+    )
+    assert_ok(result)
+    rows = read_jsonl(output / "predictions.jsonl")
+    assert [row["instruction"] for row in rows] == [record["instruction"] for record in RECORDS]
+    assert all(isinstance(row["prediction"], str) for row in rows)
+    metrics = json.loads((output / "predict_results.json").read_text())
+    assert {"predict_exact_match", "predict_rouge1", "predict_rougeL"} <= set(metrics)
+
+
 # --- bad input: one line, exit code 2 --------------------------------------------------------------------
 
 
