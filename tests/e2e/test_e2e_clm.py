@@ -398,3 +398,30 @@ def test_a_finished_run_is_not_overwritten_without_the_flag(run, tiny_model, sam
     assert again.returncode == 2 and "holds a finished run; pass --overwrite_output_dir" in again.stderr
     assert (output / "adapter_model.safetensors").stat().st_mtime_ns == stamp
     assert_ok(run("finetune_clm.py", *args, "--overwrite_output_dir"))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_logs_steps_and_warns_of_changed_settings(run, tiny_model, sample_file, tmp_path):
+    """An interrupted run (checkpoint, no results) resumed with another learning rate and length says so."""
+    output = tmp_path / "out"
+    common = ("--model_name_or_path", tiny_model("llama"), "--train_file", sample_file, "--output_dir", output)
+    steps = ("--do_train", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--report_to", "none")
+    first = run("finetune_clm.py", *common, *steps, "--max_steps", "2", "--save_steps", "2", "--disable_tqdm", "true")
+    assert_ok(first)
+    assert "{'step': 2, 'loss':" in first.stdout  # every loss line carries its step
+    for name in ("all_results.json", "train_results.json"):
+        (output / name).unlink()  # as if the run had been stopped after its checkpoint
+    resumed = run(
+        "finetune_clm.py",
+        *common,
+        *steps,
+        *("--max_steps", "3", "--learning_rate", "1e-4", "--max_seq_length", "256", "--disable_tqdm", "true"),
+    )
+    assert_ok(resumed)
+    warning = next(line for line in resumed.stdout.splitlines() if "resuming with settings that differ" in line)
+    assert warning.split("the checkpoint's run: ")[1].split("; ") == [
+        "learning_rate: 5e-05 -> 0.0001",
+        "max_seq_length: 512 -> 256",
+        "max_steps: 2 -> 3",
+    ]
+    assert "{'step': 3, 'loss':" in resumed.stdout and "{'step': 2, 'loss':" not in resumed.stdout
