@@ -4,7 +4,8 @@ See what the model learned, answer a file of prompts, chat with it, time it, or 
     python inference.py --peft_model_path out --infer
     python inference.py --base_model_path out --instructions "Add the two numbers." "Name a color."
     python inference.py --peft_model_path out --input_file data.jsonl --output_file predictions.jsonl
-    python inference.py --peft_model_path out --interactive
+    python inference.py --peft_model_path out --interactive         # a chat-trained model: a conversation
+    python inference.py --base_model_path chat-model --chat_template tokenizer --interactive
     python inference.py --peft_model_path out --bench
     python inference.py --peft_model_path out --merge_and_save merged
 A YAML or JSON file can stand in for the flags, as for training. See docs/inference.md.
@@ -87,4 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    try:
+        exit_on_user_error(main)
+    except KeyboardInterrupt:  # Ctrl-C while loading or answering a file: no traceback (nothing half-written)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

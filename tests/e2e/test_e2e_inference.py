@@ -259,6 +259,30 @@ def test_interactive_mode_streams_answers_read_from_stdin(full_run):
 
 
 @pytest.mark.slow
+def test_ctrl_c_at_the_interactive_prompt_ends_the_session_without_a_traceback(full_run):
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "inference.py"), "--base_model_path", str(full_run), "--interactive"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=script_env(),
+        cwd=REPO,
+    )
+    try:
+        process.stdin.write(RECORDS[0]["instruction"] + "\n")
+        process.stdin.flush()
+        assert process.stdout.readline() == "noir\n"  # answered: now waiting for the next line
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+
+
+@pytest.mark.slow
 def test_bench_prints_first_token_latency_and_throughput(full_run):
     result = run_script(
         "inference.py", "--base_model_path", full_run, "--bench", "--bench_runs", "2", "--max_new_tokens", "32"
