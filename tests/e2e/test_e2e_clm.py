@@ -4,6 +4,7 @@ architecture, reloading what it saved, and a one-line error for each kind of bad
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import sample_records
@@ -425,3 +426,27 @@ def test_a_resumed_run_logs_steps_and_warns_of_changed_settings(run, tiny_model,
         "max_steps: 2 -> 3",
     ]
     assert "{'step': 3, 'loss':" in resumed.stdout and "{'step': 2, 'loss':" not in resumed.stdout
+
+
+@pytest.mark.slow
+def test_a_prompt_template_file_trains_is_saved_with_the_run_and_prompts_inference(
+    run, tiny_model, sample_file, tmp_path
+):
+    template = tmp_path / "qa.yaml"
+    template.write_text('with_input: "Q: {instruction}\\n{input}\\nA: "\nwithout_input: "Q: {instruction}\\nA: "\n')
+    output = tmp_path / "out"
+    flags = ("--model_name_or_path", tiny_model("llama"), "--train_file", sample_file, "--output_dir", output, *QUICK)
+    first = run("finetune_clm.py", *flags, "--do_train", "--prompt_template", template)
+    assert_ok(first)
+    saved = json.loads((output / "prompt_template.json").read_text())
+    assert (saved["prompt_template"], saved["without_input"]) == ("qa", "Q: {instruction}\nA: ")
+    # the same file name with another text: tokenized again, not read from the cache
+    template.write_text(template.read_text().replace("Q: ", "Question: "))
+    second = run("finetune_clm.py", *flags, "--do_train", "--prompt_template", template, "--overwrite_output_dir")
+    assert_ok(second)
+    tokens = [re.search(r"train data: .*; (\d+) tokens", result.stdout).group(1) for result in (first, second)]
+    assert int(tokens[1]) > int(tokens[0])
+    template.unlink()  # the run holds the template: inference needs no file
+    answered = run("inference.py", "--peft_model_path", output, "--instructions", "Hi", "--max_new_tokens", "2")
+    assert_ok(answered)
+    assert "prompts: qa" in answered.stderr
