@@ -129,7 +129,7 @@ class PredictionFlags:
     """``--do_predict`` for causal LMs: the decoding settings ``Seq2SeqTrainingArguments`` has for seq2seq."""
 
     generation_max_length: int = field(
-        default=128, metadata={"help": "--do_predict: most new tokens generated per answer (greedy decoding)."}
+        default=128, metadata={"help": "--do_predict: most new tokens generated per answer."}
     )
     generation_num_beams: int = field(default=1, metadata={"help": "--do_predict: beam search width; 1: none."})
 
