@@ -38,11 +38,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, Trainer
 
     from finetuning.cli import parse_arguments
+    from finetuning.data.chat import chat_only
     from finetuning.data.collator import PaddingCollator
     from finetuning.data.encoding import encode_causal_record
     from finetuning.data.preprocessing import build_split_datasets
     from finetuning.data.splits import load_splits
-    from finetuning.data.templates import get_template
+    from finetuning.data.templates import Rendering, get_template
+    from finetuning.inference.held_out import predict_and_save
     from finetuning.model.acceleration import optimize_for_training, packed_row_lengths
     from finetuning.model.loading import added_token_ids, load_config, load_model, load_tokenizer, resolve_dtype
     from finetuning.model.packing_support import packing_block_size
@@ -83,7 +85,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # data
     template = get_template(data_args.prompt_template)
     splits = load_splits(
-        data_args, want_train=training_args.do_train, want_eval=training_args.do_eval, seed=training_args.seed
+        data_args,
+        want_train=training_args.do_train,
+        want_eval=training_args.do_eval or training_args.do_predict,
+        seed=training_args.seed,
     )
     encode = partial(
         encode_causal_record,
@@ -93,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_on_inputs=data_args.train_on_inputs,
         chat_template=data_args.chat_template,
     )
+    learned = splits.train or splits.validation
+    rendering = Rendering(template, data_args.chat_template, chat_only(learned.records if learned else []))
     pack_block_size = packing_block_size(data_args, peft_args, config)
     train_dataset, eval_dataset = build_split_datasets(
         splits,
@@ -132,12 +139,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics |= train_and_save(
             trainer,
             arguments=arguments,
-            data_args=data_args,
+            rendering=rendering,
             resume_from=resume_from,
             train_samples=len(splits.train.records),
         )
     if training_args.do_eval:
         metrics |= evaluate_and_save(trainer, eval_samples=len(splits.validation.records))
+    if training_args.do_predict:
+        metrics |= predict_and_save(
+            trainer,
+            rendering,
+            splits.validation.records,
+            max_new_tokens=training_args.generation_max_length,
+            num_beams=training_args.generation_num_beams,
+        )
     if training_args.do_train:
         report_run(trainer, arguments, metrics)  # loss curve and model card in output_dir
     return metrics

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from finetuning.data.preprocessing import build_split_datasets
     from finetuning.data.seq2seq import Seq2SeqPaddingCollator, encode_seq2seq_record
     from finetuning.data.splits import load_splits
-    from finetuning.data.templates import get_template
+    from finetuning.data.templates import Rendering, get_template
+    from finetuning.inference.held_out import predict_and_save
     from finetuning.model.acceleration import optimize_for_training
     from finetuning.model.loading import added_token_ids, load_config, load_model, load_tokenizer, resolve_dtype
     from finetuning.model.peft_setup import apply_peft, build_peft_config
@@ -98,9 +99,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # data: the prompt is the encoder input, the response the decoder target; never packed
     template = get_template(data_args.prompt_template)
     splits = load_splits(
-        data_args, want_train=training_args.do_train, want_eval=training_args.do_eval, seed=training_args.seed
+        data_args,
+        want_train=training_args.do_train,
+        want_eval=training_args.do_eval or training_args.do_predict,
+        seed=training_args.seed,
     )
     require_instruction_records(splits)
+    rendering = Rendering(template)
     encode = partial(
         encode_seq2seq_record,
         tokenizer=tokenizer,
@@ -147,12 +152,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics |= train_and_save(
             trainer,
             arguments=arguments,
-            data_args=data_args,
+            rendering=rendering,
             resume_from=resume_from,
             train_samples=len(splits.train.records),
         )
     if training_args.do_eval:
         metrics |= evaluate_and_save(trainer, eval_samples=len(splits.validation.records))
+    if training_args.do_predict:  # generation_max_length counts the decoder start token
+        metrics |= predict_and_save(
+            trainer,
+            rendering,
+            splits.validation.records,
+            max_new_tokens=training_args.generation_max_length - 1,
+            num_beams=training_args.generation_num_beams,
+        )
     if training_args.do_train:
         report_run(trainer, arguments, metrics)  # loss curve and model card in output_dir
     return metrics

@@ -4,7 +4,8 @@ See what the model learned, answer a file of prompts, chat with it, time it, or 
     python inference.py --peft_model_path out --infer
     python inference.py --base_model_path out --instructions "Add the two numbers." "Name a color."
     python inference.py --peft_model_path out --input_file data.jsonl --output_file predictions.jsonl
-    python inference.py --peft_model_path out --interactive
+    python inference.py --peft_model_path out --interactive         # a chat-trained model: a conversation
+    python inference.py --base_model_path chat-model --chat_template tokenizer --interactive
     python inference.py --peft_model_path out --bench
     python inference.py --peft_model_path out --merge_and_save merged
     python inference.py --peft_model_path out --serve --port 8000       # OpenAI-compatible HTTP server
@@ -75,9 +76,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         top_k=args.top_k,
         repetition_penalty=args.repetition_penalty,
         num_beams=args.num_beams,
-        chat_template=loaded.chat_template,
+        chat_template=loaded.rendering.chat_template,
     )
-    generator = generation.Generator(loaded.model, loaded.tokenizer, config, loaded.template, loaded.chat_template)
+    generator = generation.Generator(loaded.model, loaded.tokenizer, config, loaded.rendering)
     set_seed(args.seed)
     for wanted, records in ((args.infer, list(generation.SAMPLE_INSTRUCTIONS)), (args.instructions, args.instructions)):
         if wanted:
@@ -86,21 +87,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report.setdefault("answers", []).extend(answers)
     if pairs is not None:
         result = inference_modes.predict_file(generator, pairs, args.output_file, args.batch_size)
-        rate = result.new_tokens / result.seconds if result.seconds else 0.0
-        print(
-            f"wrote {result.records} predictions to {args.output_file} ({result.seconds:.1f} s, "
-            f"{rate:.1f} new tokens/s)",
-            flush=True,
-        )
-        report["predictions"] = result.records
+        print(result.format(args.output_file), flush=True)
+        report["predictions"], report["scores"] = result.records, result.scores
     if args.bench:
         bench = inference_modes.bench(generator, list(generation.SAMPLE_INSTRUCTIONS), runs=args.bench_runs)
         print(bench.format(), flush=True)
         report["first_token_latency_s"], report["tokens_per_s"] = bench.first_token_latency, bench.tokens_per_second
     if args.interactive:
-        report["interactive_answers"] = inference_modes.interactive(generator, sys.stdin, sys.stdout)
+        from finetuning.inference.interactive import interactive
+
+        report["interactive_answers"] = interactive(generator, sys.stdin, sys.stdout)
     return report
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    try:
+        exit_on_user_error(main)
+    except KeyboardInterrupt:  # Ctrl-C while loading or answering a file: no traceback (nothing half-written)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -11,7 +11,6 @@ the commands printed here are the ones to reuse with a real model.
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import sys
@@ -34,13 +33,11 @@ def run(script: str, *args: object) -> None:
 
 
 def main() -> None:
-    from finetuning.model.tiny import build_tiny_model, build_tokenizer
+    from finetuning.model.tiny import build_tiny_model_from_data
 
-    records = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
     base = OUTPUT / "tiny-llama"
-    print(f"building a tiny Llama and its tokenizer from {DATA.relative_to(REPO)} ({len(records)} records)")
-    tokenizer = build_tokenizer([" ".join(record.values()) for record in records], vocab_size=512)
-    build_tiny_model("llama", tokenizer, base, hidden=64, layers=2, heads=4)
+    print(f"building a tiny Llama and its tokenizer from {DATA.relative_to(REPO)} (scripts/make_tiny_model.py)")
+    build_tiny_model_from_data("llama", DATA, base, vocab_size=512, hidden=64, layers=2, heads=4)
 
     adapter = OUTPUT / "tiny-llama-lora"
     run(

@@ -53,12 +53,16 @@ class DataArguments:
     )
     prompt_template: str = field(
         default="alpaca",
-        metadata={"help": "Prompt template for instruction records (see finetuning/data/templates.py)."},
+        metadata={
+            "help": "Prompt template for instruction records: alpaca, llama2, plain, or a .json/.yaml file with "
+            "with_input ({instruction}, {input}) and without_input ({instruction}); saved with the run."
+        },
     )
     chat_template: str | None = field(
         default=None,
         metadata={
-            "help": "Chat records: a named template from finetuning/data/templates.py instead of the tokenizer's own."
+            "help": "Chat records: a named chat template (chatml, qwen, llama3, mistral, zephyr, llama2_chat; see "
+            "finetuning/data/chat_templates.py) instead of the tokenizer's own."
         },
     )
 

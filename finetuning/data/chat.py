@@ -14,68 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from finetuning.data.chat_templates import CHAT_TEMPLATES, get_chat_template
 from finetuning.data.samples import IGNORE_INDEX, EncodedSample, fit_to_length
-from finetuning.data.templates import TEMPLATES
 from finetuning.errors import UserError
 
 Message = dict[str, str]
 
 
 @dataclass(frozen=True)
-class ChatTemplate:
-    """A named Jinja chat template; ``end_of_turn`` None: turns end with the tokenizer's EOS."""
-
-    name: str
-    jinja: str
-    end_of_turn: str | None = None
-    # False: BOS is prepended where the tokenizer adds it to plain text, as it is to instruction prompts.
-    writes_bos: bool = False
-    special_tokens: tuple[str, ...] = ()  # markers to add with --special_tokens when the vocabulary lacks them
-
-
-CHAT_TEMPLATES: dict[str, ChatTemplate] = {
-    template.name: template
-    for template in (
-        ChatTemplate(
-            name="chatml",
-            jinja="{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-            "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
-            end_of_turn="<|im_end|>",
-            special_tokens=("<|im_start|>", "<|im_end|>"),
-        ),
-        ChatTemplate(
-            name="zephyr",
-            jinja="{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token "
-            "+ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}",
-        ),
-        ChatTemplate(  # Llama-2-chat: the system prompt sits inside the first [INST] block
-            name="llama2_chat",
-            jinja="{% if messages[0]['role'] == 'system' %}{% set system = '<<SYS>>\\n' + messages[0]['content'] + "
-            "'\\n<</SYS>>\\n\\n' %}{% set turns = messages[1:] %}{% else %}{% set system = '' %}"
-            "{% set turns = messages %}{% endif %}{% for message in turns %}{% if message['role'] == 'user' %}"
-            "{{ (bos_token or '') + '[INST] ' + (system if loop.first else '') + message['content'] + ' [/INST]' }}"
-            "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + ' ' + eos_token }}{% endif %}"
-            "{% endfor %}",
-            writes_bos=True,
-        ),
-    )
-}
-assert not set(CHAT_TEMPLATES) & set(TEMPLATES), "chat and instruction template names must not be confused"
-
-
-@dataclass(frozen=True)
 class _Resolved:
     source: str  # the Jinja text
     prefix: str  # put before every non-empty rendering: BOS for a named template, where due
-
-
-def get_chat_template(name: str) -> ChatTemplate:
-    try:
-        return CHAT_TEMPLATES[name]
-    except KeyError:
-        known = ", ".join(sorted(CHAT_TEMPLATES))
-        hint = f" ('{name}' is an instruction template: use --prompt_template)" if name in TEMPLATES else ""
-        raise UserError(f"unknown chat template '{name}' (known: {known}){hint}", field="chat_template") from None
 
 
 def _single_token(tokenizer: Any, text: str) -> bool:
@@ -238,3 +187,9 @@ def end_of_turn_token_ids(tokenizer: Any, chat_template: str | None = None) -> l
         if marker is not None and _single_token(tokenizer, marker):
             stops.append(tokenizer.convert_tokens_to_ids(marker))
     return stops
+
+
+def chat_only(records: list[Any]) -> bool:
+    """Every record is a conversation: the model learns the chat rendering only, so plain instructions are to be
+    prompted as a user turn."""
+    return bool(records) and all("messages" in record for record in records)

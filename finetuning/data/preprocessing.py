@@ -8,6 +8,7 @@ how many were read, truncated, packed, and how much of each batch is padding.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ from typing import Any
 from finetuning.data.packing import pack_batch
 from finetuning.data.records import LoadedData
 from finetuning.data.samples import supervised_count
+from finetuning.data.templates import get_template
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +182,8 @@ def build_split_datasets(
 ) -> tuple[Any, Any]:
     """Tokenize the train and evaluation splits (main process first; other ranks read its cache)."""
     settings = {key: value for key, value in vars(data_args).items()} | (settings or {})
+    # a template file may change under the same name: its text is what the tokens depend on
+    settings["prompt_template"] = dataclasses.asdict(get_template(data_args.prompt_template))
     built = {}
     with training_args.main_process_first(desc="tokenizing"):
         for name, loaded, batch_size in (

@@ -65,8 +65,17 @@ class InferenceArguments:
     prompt_template: str | None = field(
         default=None,
         metadata={
-            "help": "Prompt template name. Default: the one saved at training time (prompt_template.json in "
-            "the adapter or model directory), else alpaca."
+            "help": "Prompt template: a name (alpaca, llama2, plain) or a .json/.yaml file. Default: the one saved "
+            "at training time (prompt_template.json in the adapter or model directory), else alpaca. Given "
+            "alone, instructions are prompted with it even if the model was trained on chat records."
+        },
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt every instruction as a chat user turn, rendered by this named chat template (chatml, "
+            "qwen, llama3, mistral, zephyr, llama2_chat), or by the tokenizer's own with 'tokenizer'. Default: "
+            "what training saved (a model trained on chat records only is prompted as chat)."
         },
     )
 

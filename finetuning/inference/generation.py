@@ -11,13 +11,13 @@ the first EOS, so an answer never echoes its prompt.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from finetuning.data.encoding import encode_prompt
 from finetuning.data.records import Record
-from finetuning.data.templates import PromptTemplate, get_template
+from finetuning.data.templates import Rendering, get_template
 from finetuning.errors import UserError
 
 SAMPLE_INSTRUCTIONS: tuple[dict[str, str], ...] = (
@@ -91,15 +91,18 @@ def stop_token_ids(model: Any, tokenizer: Any, chat_template: str | None = None)
     return ids
 
 
+def user_turn(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
 @dataclass
 class Generator:
-    """A model, its tokenizer and its prompt template: records in, answers out."""
+    """A model, its tokenizer and how it was prompted in training: records in, answers out."""
 
     model: Any
     tokenizer: Any
     generation_config: Any
-    template: PromptTemplate = field(default_factory=lambda: get_template("alpaca"))
-    chat_template: str | None = None
+    rendering: Rendering = field(default_factory=lambda: Rendering(get_template("alpaca")))
     generated_tokens: int = field(default=0, init=False)  # new tokens so far, stop token excluded
 
     @property
@@ -116,9 +119,12 @@ class Generator:
         by the very function that tokenized the prompt side of each training sample."""
         if isinstance(record, str):
             record = {"instruction": record, "input": ""}
+        if "messages" not in record and self.rendering.chat:  # a chat model: the instruction is a user turn
+            given = record.get("input", "")
+            record = {"messages": [user_turn(record["instruction"] + (f"\n\n{given}" if given.strip() else ""))]}
         if "messages" in record:
             return self._chat_prompt_ids(record["messages"])
-        return self.text_prompt_ids(self.template.render(record["instruction"], record.get("input", "")))
+        return self.text_prompt_ids(self.rendering.template.render(record["instruction"], record.get("input", "")))
 
     def text_prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of an already rendered prompt, tokenized as a rendered instruction is."""
@@ -140,7 +146,7 @@ class Generator:
             )
         if messages and messages[-1]["role"] == "assistant":  # a training record: answer its last turn again
             messages = messages[:-1]
-        text = render_chat_prompt(self.tokenizer, messages, self.chat_template)
+        text = render_chat_prompt(self.tokenizer, messages, self.rendering.chat_template)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # the rendering holds any BOS
 
     # --- generation --------------------------------------------------------------------------------------
@@ -204,8 +210,11 @@ class Generator:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def generate(self, records: Iterable[Record | str], batch_size: int = 8) -> list[str]:
-        """Answers for ``records``, in order; batches hold prompts of similar length, to pad little."""
+    def generate(
+        self, records: Iterable[Record | str], batch_size: int = 8, on_batch: Callable[[int], Any] | None = None
+    ) -> list[str]:
+        """Answers for ``records``, in order; batches hold prompts of similar length, to pad little.
+        ``on_batch`` is told how many prompts each finished batch answered (a progress bar's ``update``)."""
         prompts = [self.prompt_ids(record) for record in records]
         order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]), reverse=True)
         answers: list[str] = [""] * len(prompts)
@@ -213,6 +222,8 @@ class Generator:
             chunk = order[start : start + batch_size]
             for index, ids in zip(chunk, self.generate_ids([prompts[index] for index in chunk]), strict=True):
                 answers[index] = self.decode(ids)
+            if on_batch is not None:
+                on_batch(len(chunk))
         return answers
 
     def stream(self, record: Record | str, out: TextIO) -> str:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetuning.data.templates import PromptTemplate
+from finetuning.data.templates import Rendering
 from finetuning.errors import UserError
-from finetuning.inference.run_files import resolve_paths, resolve_template
+from finetuning.inference.run_files import resolve_paths, resolve_rendering
 
 logger = logging.getLogger("finetuning")
 
@@ -29,8 +29,7 @@ class LoadedModel:
 
     model: Any
     tokenizer: Any
-    template: PromptTemplate
-    chat_template: str | None
+    rendering: Rendering
     base_path: str
     adapter_path: str | None
     device: Any
@@ -91,7 +90,7 @@ def load_for_inference(args: Any) -> LoadedModel:
     from finetuning.model import loading as modeling
 
     base, adapter = resolve_paths(args.base_model_path, args.peft_model_path, args.allow_pickle)
-    template, chat_template = resolve_template(args.prompt_template, adapter, base)
+    rendering = resolve_rendering(args.prompt_template, args.chat_template, adapter, base)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
 
@@ -111,19 +110,18 @@ def load_for_inference(args: Any) -> LoadedModel:
     model.to(device)
     model.eval()
     logger.info(
-        "loaded %s%s (%s, %s) on %s; prompt template '%s'",
+        "loaded %s%s (%s, %s) on %s; prompts: %s",
         base,
         f" + adapter {adapter}" if adapter else "",
         config.model_type,
         str(dtype).removeprefix("torch."),
         device,
-        template.name,
+        f"chat, {rendering.chat_template or 'the tokenizer'}'s template" if rendering.chat else rendering.template.name,
     )
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        template=template,
-        chat_template=chat_template,
+        rendering=rendering,
         base_path=base,
         adapter_path=adapter,
         device=device,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from finetuning.data.templates import save_template_name
+from finetuning.data.templates import save_rendering
 from finetuning.errors import UserError
 from finetuning.inference.loading import LoadedModel
 from finetuning.inference.run_files import ADAPTER_CONFIG
@@ -54,7 +54,7 @@ def merge_and_save(loaded: LoadedModel, output_dir: str) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(output)  # safetensors: transformers 5 writes nothing else
     loaded.tokenizer.save_pretrained(output)
-    save_template_name(output, loaded.template.name, loaded.chat_template)
+    save_rendering(output, loaded.rendering)
     loaded.model = merged
     logger.info("merged model saved to %s", output)
     return output

@@ -1,5 +1,5 @@
 """What ``inference.py`` does with a :class:`~finetuning.inference.generation.Generator`: answer a file of prompts,
-chat on stdin, or time generation.
+or time generation (chatting on stdin is :mod:`finetuning.inference.interactive`).
 
 Prompt files are any training-format file; output lines are the input records plus a ``prediction`` field,
 written atomically so an interrupted run never leaves a half file.
@@ -14,13 +14,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from finetuning.data.records import Record, normalize_record
 from finetuning.errors import UserError
 from finetuning.inference.generation import Generator
-
-EXIT_WORDS = ("exit", "quit")
 
 
 class TimingStreamer:
@@ -99,44 +97,62 @@ def write_jsonl_atomically(path: str, rows: Iterable[dict[str, Any]]) -> None:
     os.replace(temporary, target)
 
 
+def reference_answer(record: Record) -> str | None:
+    """The answer a record holds (its output/response, or a final assistant turn), or None."""
+    if "messages" in record:
+        last = record["messages"][-1] if record["messages"] else {}
+        return last.get("content") if last.get("role") == "assistant" else None
+    return record.get("output") or None
+
+
 @dataclass
 class FileResult:
     records: int
     seconds: float
     new_tokens: int
+    empty: int  # answers with no text: a model that stops at once
+    scored: int  # records that held a reference answer
+    scores: dict[str, float]  # exact match and ROUGE over those (finetuning/data/scoring.py)
+
+    def format(self, output_file: str) -> str:
+        rate = self.new_tokens / self.seconds if self.seconds else 0.0
+        lines = [
+            f"wrote {self.records} predictions to {output_file} ({self.seconds:.1f} s, {rate:.1f} new tokens/s, "
+            f"{self.new_tokens / max(self.records, 1):.1f} new tokens per answer, {self.empty} empty)"
+        ]
+        if self.scored:
+            scores = ", ".join(f"{name} {value:.2f}" for name, value in self.scores.items())
+            lines.append(f"against the {self.scored} answers in the file: {scores}")
+        return "\n".join(lines)
 
 
 def predict_file(
     generator: Generator, pairs: list[tuple[dict[str, Any], Record]], output_file: str, batch_size: int
 ) -> FileResult:
-    """Answer every record; the output holds each input record plus its ``prediction``."""
+    """Answer every record, with a progress bar on a terminal; the output holds each input record plus its
+    ``prediction``. Records that hold an answer are scored against it."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from finetuning.data.scoring import score_answers
+
     start, tokens_before = time.perf_counter(), generator.generated_tokens
-    predictions = generator.generate([record for _, record in pairs], batch_size=batch_size)
+    with tqdm(total=len(pairs), desc="answering", unit="prompt", file=sys.stderr, disable=None) as bar:
+        predictions = generator.generate([record for _, record in pairs], batch_size=batch_size, on_batch=bar.update)
     seconds = time.perf_counter() - start
-    rows = [{**raw, "prediction": prediction} for (raw, _), prediction in zip(pairs, predictions, strict=True)]
-    write_jsonl_atomically(output_file, rows)
-    return FileResult(records=len(rows), seconds=seconds, new_tokens=generator.generated_tokens - tokens_before)
-
-
-def interactive(generator: Generator, stdin: TextIO, stdout: TextIO) -> int:
-    """A prompt loop: each instruction's answer streams to ``stdout``. Returns how many were answered."""
-    tty = stdin.isatty()
-    if tty:
-        print("Type an instruction and press Enter ('exit' or Ctrl-D to quit).", file=stdout, flush=True)
-    answered = 0
-    while True:
-        if tty:
-            print("> ", end="", file=stdout, flush=True)
-        line = stdin.readline()
-        if not line:
-            break
-        instruction = line.strip()
-        if instruction.lower() in EXIT_WORDS:
-            break
-        if instruction:
-            generator.stream(instruction, stdout)
-            answered += 1
-    return answered
+    answered = list(zip(pairs, predictions, strict=True))
+    write_jsonl_atomically(output_file, ({**raw, "prediction": prediction} for (raw, _), prediction in answered))
+    references = [(prediction, reference_answer(record)) for (_, record), prediction in answered]
+    scored = [(prediction, reference) for prediction, reference in references if reference is not None]
+    return FileResult(
+        records=len(answered),
+        seconds=seconds,
+        new_tokens=generator.generated_tokens - tokens_before,
+        empty=sum(not prediction.strip() for prediction in predictions),
+        scored=len(scored),
+        scores=score_answers([p for p, _ in scored], [r for _, r in scored]),
+    )
 
 
 @dataclass

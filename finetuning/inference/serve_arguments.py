@@ -42,10 +42,6 @@ class ServeArguments:
     stop_words: list[str] | None = field(
         default=None, metadata={"help": "Stop strings for requests that name none (llm-on-ray's prompt.stop_words)."}
     )
-    chat_template: str | None = field(
-        default=None,
-        metadata={"help": "Named chat template for /v1/chat/completions. Default: the one saved at training."},
-    )
     prompt_format: str | None = field(
         default=None,
         metadata={

@@ -73,13 +73,14 @@ class Handler:
     def prompt_ids(self, body: Any) -> list[int]:
         if isinstance(body, schema.CompletionRequest):
             ids = self.generator.text_prompt_ids(body.prompt)
-        elif self.generator.chat_template:
+        elif self.generator.rendering.chat or self.generator.rendering.chat_template:
             ids = self.generator.prompt_ids({"messages": [m.model_dump(exclude_none=True) for m in body.messages]})
         else:
             if len(body.messages) != 1 or body.messages[0].role != "user":
+                template = self.generator.rendering.template.name
                 raise schema.APIError(
                     400,
-                    f"this model was trained on single instructions (prompt template '{self.generator.template.name}'"
+                    f"this model was trained on single instructions (prompt template '{template}'"
                     "): send exactly one user message",
                     param="messages",
                 )

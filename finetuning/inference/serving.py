@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from finetuning.data.templates import Rendering
 from finetuning.inference.arguments import InferenceArguments
 from finetuning.inference.batching import BatchingEngine
 from finetuning.inference.serve_arguments import ServeArguments
@@ -33,16 +34,18 @@ def build_engine(args: InferenceArguments, serve_args: ServeArguments) -> tuple[
     from finetuning.inference.loading import load_for_inference
 
     loaded = load_for_inference(args)
-    template = serve_args.prompt_template() or loaded.template
-    chat_template = serve_args.chat_template or loaded.chat_template
+    rendering = loaded.rendering
+    prompt_format = serve_args.prompt_template()
+    if prompt_format is not None:  # llm-on-ray's prompt layout replaces the saved instruction template
+        rendering = Rendering(prompt_format, rendering.chat_template, chat=False)
     config = generation.build_generation_config(
         loaded.model,
         loaded.tokenizer,
         max_new_tokens=args.max_new_tokens,
         repetition_penalty=args.repetition_penalty,
-        chat_template=chat_template,
+        chat_template=rendering.chat_template,
     )
-    generator = generation.Generator(loaded.model, loaded.tokenizer, config, template, chat_template)
+    generator = generation.Generator(loaded.model, loaded.tokenizer, config, rendering)
     engine = BatchingEngine(generator, max_batch_size=serve_args.max_batch_size, batch_wait_ms=serve_args.batch_wait_ms)
     settings = ServerSettings(
         model_name=served_name(args, serve_args),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 from typing import Any
 
 from finetuning.errors import UserError
@@ -96,6 +97,11 @@ def apply_peft(model: Any, peft_config: Any, *, gradient_checkpointing: bool = F
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         method = type(peft_config).__name__
         raise UserError(f"{method} cannot be applied to '{model.config.model_type}': {message}", field="peft") from None
+    for config in wrapped.peft_config.values():
+        # adapter_config.json names the base; a relative path would mean nothing from another directory
+        base = config.base_model_name_or_path
+        if base and Path(base).expanduser().is_dir():
+            config.base_model_name_or_path = str(Path(base).expanduser().resolve())
     return wrapped
 
 

@@ -7,7 +7,7 @@ architecture exercise exactly the loading, training and saving code that a full-
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +141,25 @@ def build_tiny_model(architecture: str, tokenizer: Any, output_dir: str | Path, 
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
     return output
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a record (chat records nest theirs in lists of messages)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def build_tiny_model_from_data(
+    architecture: str, data_file: str | Path, output_dir: str | Path, *, vocab_size: int = 512, **sizes: Any
+) -> Path:
+    """A tokenizer trained on the text of a data file (any training format) and a tiny model built on it."""
+    from finetuning.data.records import iter_raw_records
+
+    texts = [" ".join(_strings(raw)) for _, raw in iter_raw_records(Path(data_file))]
+    return build_tiny_model(architecture, build_tokenizer(texts, vocab_size=vocab_size), output_dir, **sizes)

@@ -92,10 +92,26 @@ class _SettleOnThisMachine:
 
 
 @dataclass
+class PredictionFlags:
+    """``--do_predict`` for causal LMs: the decoding settings ``Seq2SeqTrainingArguments`` has for seq2seq."""
+
+    generation_max_length: int = field(
+        default=128, metadata={"help": "--do_predict: most new tokens generated per answer."}
+    )
+    generation_num_beams: int = field(default=1, metadata={"help": "--do_predict: beam search width; 1: none."})
+
+
+@dataclass
 class FinetuneTrainingArguments(
-    _SettleOnThisMachine, SpeedFlags, ReliabilityFlags, ReportFlags, LegacyTrainingFlags, TrainingArguments
+    _SettleOnThisMachine,
+    SpeedFlags,
+    ReliabilityFlags,
+    ReportFlags,
+    LegacyTrainingFlags,
+    PredictionFlags,
+    TrainingArguments,
 ):
-    """``TrainingArguments`` plus the project's flags and the old ones."""
+    """``TrainingArguments`` plus the project's flags, ``--do_predict``'s decoding and the old flags."""
 
 
 @dataclass

@@ -25,10 +25,8 @@ def _looks_local(name: str) -> bool:
 
 def check_run(model_args: Any, data_args: Any, training_args: Any) -> None:
     """The one-line refusals of finetuning/training/checks.py, for both fine-tune scripts."""
-    if training_args.do_predict:
-        raise UserError("--do_predict: not done by this script yet; use --do_eval (--predict_with_generate: ROUGE)")
-    if not (training_args.do_train or training_args.do_eval):
-        raise UserError("nothing to do: pass --do_train, --do_eval or both")
+    if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
+        raise UserError("nothing to do: pass --do_train, --do_eval or --do_predict")
     for name in LENGTH_FIELDS:
         value = getattr(data_args, name, None)
         if value is not None and value <= 0:

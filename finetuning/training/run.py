@@ -16,9 +16,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from finetuning.data.templates import save_template_name
+from finetuning.data.templates import Rendering, save_rendering
 from finetuning.errors import UserError
-from finetuning.training import checkpoints
+from finetuning.training import checkpoints, console
 
 logger = logging.getLogger("finetuning")
 
@@ -101,8 +101,8 @@ def log_run_summary(model: Any, arguments: tuple[Any, ...]) -> None:
             logger.info("%s: %s", type(group).__name__, dataclasses.asdict(group))
 
 
-def save_run_arguments(output_dir: str, arguments: tuple[Any, ...]) -> None:
-    """The run's full configuration, next to the model, in a form the scripts read back as a config file."""
+def run_arguments(arguments: tuple[Any, ...]) -> dict[str, Any]:
+    """The run's full configuration as one flat mapping of flag names to values."""
     payload: dict[str, Any] = {}
     for group in arguments:
         values = group.to_dict() if hasattr(group, "to_dict") else dataclasses.asdict(group)
@@ -111,6 +111,12 @@ def save_run_arguments(output_dir: str, arguments: tuple[Any, ...]) -> None:
         payload["report_to"] = "none"
     for key in [key for key, value in payload.items() if value == []]:
         del payload[key]  # a flag cannot spell an empty list; leaving it out gives the same default back
+    return payload
+
+
+def save_run_arguments(output_dir: str, arguments: tuple[Any, ...]) -> None:
+    """The run's full configuration, next to the model, in a form the scripts read back as a config file."""
+    payload = run_arguments(arguments)
     (Path(output_dir) / RUN_ARGUMENTS_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
@@ -160,14 +166,26 @@ class ThroughputMeter(TrainerCallback):
 
 
 def train_and_save(
-    trainer: Any, *, arguments: tuple[Any, ...], data_args: Any, resume_from: str | None, train_samples: int
+    trainer: Any,
+    *,
+    arguments: tuple[Any, ...],
+    rendering: Rendering,
+    resume_from: str | None,
+    train_samples: int,
 ) -> dict[str, float]:
-    """Train, save model + tokenizer + template + arguments + metrics; returns the train metrics."""
+    """Train, save model + tokenizer + prompt rendering + arguments + metrics; returns the train metrics."""
     from finetuning.training import reliability
 
     training_args = trainer.args
     meter = ThroughputMeter()
     trainer.add_callback(meter)
+    console.attach_console(trainer)
+    console.log_distributed_layout(training_args)
+    if trainer.is_world_process_zero():
+        if resume_from:  # the run's arguments are saved at its start: compare them with the resumed run's
+            console.warn_if_resumed_differently(Path(resume_from).parent / RUN_ARGUMENTS_FILE, run_arguments(arguments))
+        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        save_run_arguments(training_args.output_dir, arguments)
     result = trainer.train(resume_from_checkpoint=resume_from)
     reliability.exit_if_stopped(trainer)  # stopped by SIGTERM/SIGINT: a checkpoint, not a finished run
     trainer.save_model()
@@ -178,7 +196,7 @@ def train_and_save(
     trainer.save_state()
     if trainer.is_world_process_zero():
         make_weights_readable(training_args.output_dir)
-        save_template_name(training_args.output_dir, data_args.prompt_template, data_args.chat_template)
+        save_rendering(training_args.output_dir, rendering)
         save_run_arguments(training_args.output_dir, arguments)
     return metrics
 

@@ -11,11 +11,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from finetuning.data.scoring import score_answers
 from finetuning.errors import UserError
 
 logger = logging.getLogger(__name__)
-
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
 def decode_ids(tokenizer: Any, ids: Any) -> list[str]:
@@ -40,18 +39,11 @@ class RougeMetrics:
 
     def __call__(self, evaluation: Any) -> dict[str, float]:
         import numpy as np
-        from rouge_score import rouge_scorer
 
         predictions = evaluation.predictions[0] if isinstance(evaluation.predictions, tuple) else evaluation.predictions
         generated = decode_ids(self.tokenizer, predictions)
         references = decode_ids(self.tokenizer, evaluation.label_ids)
-        scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-        scores = [
-            scorer.score(reference, prediction) for reference, prediction in zip(references, generated, strict=True)
-        ]
-        metrics = {
-            name: round(100 * float(np.mean([score[name].fmeasure for score in scores])), 4) for name in ROUGE_TYPES
-        }
+        metrics = score_answers(generated, references)
         special = set(self.tokenizer.all_special_ids)
         lengths = [sum(1 for token in row if token >= 0 and token not in special) for row in np.asarray(predictions)]
         metrics["gen_len"] = round(float(np.mean(lengths)), 4)

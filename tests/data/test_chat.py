@@ -9,13 +9,15 @@ import json
 import pytest
 from conftest import REPO
 
-from finetuning.data.chat import CHAT_TEMPLATES, encode_chat, end_of_turn_token_ids, render_chat_prompt
+from finetuning.data.chat import encode_chat, end_of_turn_token_ids, render_chat_prompt
+from finetuning.data.chat_templates import CHAT_TEMPLATES
 from finetuning.data.encoding import encode_causal_record
 from finetuning.data.samples import IGNORE_INDEX
 from finetuning.data.templates import TEMPLATES, get_template
 from finetuning.errors import UserError
 
 CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
+LLAMA3_TOKENS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 SYSTEM = {"role": "system", "content": "You are a terse assistant."}
 CHAT = [
     {"role": "user", "content": "How many legs does a spider have?"},
@@ -27,9 +29,9 @@ CHAT = [
 
 @pytest.fixture(scope="module")
 def chat_tokenizer(tiny_tokenizer):
-    """The tiny tokenizer after ``--special_tokens "<|im_start|>" "<|im_end|>"``."""
+    """The tiny tokenizer after ``--special_tokens`` with the ChatML and Llama 3 markers."""
     tokenizer = copy.deepcopy(tiny_tokenizer)
-    tokenizer.add_special_tokens({"additional_special_tokens": CHATML_TOKENS})
+    tokenizer.add_special_tokens({"additional_special_tokens": CHATML_TOKENS + LLAMA3_TOKENS})
     return tokenizer
 
 
@@ -103,6 +105,49 @@ def test_llama2_chat_puts_the_system_prompt_in_the_first_inst_block(chat_tokeniz
     )
     # the template writes the answer after " [/INST]" as " answer </s>": all of it is the model's to generate
     assert supervised_spans(chat_tokenizer, sample) == [" Eight. </s>", " Six. </s>"]
+
+
+def test_llama3_supervises_each_answer_through_eot_id(chat_tokenizer):
+    sample = encode_chat(chat_tokenizer, [SYSTEM, *CHAT], max_length=512, chat_template="llama3")
+    header = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    parts = [
+        (
+            f"<s><|start_header_id|>system<|end_header_id|>\n\n{SYSTEM['content']}<|eot_id|>"
+            f"<|start_header_id|>user<|end_header_id|>\n\n{CHAT[0]['content']}<|eot_id|>{header}",
+            False,
+        ),
+        ("Eight.<|eot_id|>", True),
+        (f"<|start_header_id|>user<|end_header_id|>\n\nAnd an ant?<|eot_id|>{header}", False),
+        ("Six.<|eot_id|>", True),
+    ]
+    assert (sample.input_ids, sample.labels) == expected(chat_tokenizer, parts)
+    assert end_of_turn_token_ids(chat_tokenizer, "llama3")[-1] == chat_tokenizer.convert_tokens_to_ids("<|eot_id|>")
+
+
+def test_mistral_puts_the_system_prompt_in_the_first_inst_and_answers_end_with_eos(chat_tokenizer):
+    sample = encode_chat(chat_tokenizer, [SYSTEM, *CHAT], max_length=512, chat_template="mistral")
+    parts = [
+        (f"<s>[INST] {SYSTEM['content']}\n\n{CHAT[0]['content']} [/INST]", False),
+        ("Eight.</s>", True),
+        ("[INST] And an ant? [/INST]", False),
+        ("Six.</s>", True),
+    ]
+    assert (sample.input_ids, sample.labels) == expected(chat_tokenizer, parts)
+
+
+def test_qwen_adds_its_default_system_prompt_only_when_there_is_none(chat_tokenizer):
+    header = "<|im_start|>assistant\n"
+    default = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    sample = encode_chat(chat_tokenizer, CHAT[:2], max_length=512, chat_template="qwen")
+    parts = [
+        (f"<s>{default}<|im_start|>user\n{CHAT[0]['content']}<|im_end|>\n{header}", False),
+        ("Eight.<|im_end|>", True),
+        ("\n", False),
+    ]
+    assert (sample.input_ids, sample.labels) == expected(chat_tokenizer, parts)
+    with_system = encode_chat(chat_tokenizer, [SYSTEM, *CHAT[:2]], max_length=512, chat_template="qwen")
+    chatml = encode_chat(chat_tokenizer, [SYSTEM, *CHAT[:2]], max_length=512, chat_template="chatml")
+    assert (with_system.input_ids, with_system.labels) == (chatml.input_ids, chatml.labels)
 
 
 def test_inference_prompt_is_the_training_text_up_to_the_last_answer(chat_tokenizer):
@@ -250,4 +295,11 @@ def test_chat_data_fine_tunes_with_chatml_and_lora(run, tiny_model, chat_tokeniz
     assert f"train data: {len(records)} samples read, 0 empty skipped, 0 truncated" in result.stdout
     assert f"({supervised} in the loss)" in result.stdout
     assert {"adapter_model.safetensors", "adapter_config.json"} <= {path.name for path in output.iterdir()}
-    assert json.loads((output / "prompt_template.json").read_text())["chat_template"] == "chatml"
+    saved = json.loads((output / "prompt_template.json").read_text())
+    assert (saved["chat_template"], saved["chat"]) == ("chatml", True)
+    # inference prompts the chat-trained model as chat, from another directory
+    answered = run(
+        "inference.py", "--peft_model_path", output, "--instructions", "Hi", "--max_new_tokens", "2", cwd=tmp_path
+    )
+    assert answered.returncode == 0, answered.stderr[-3000:]
+    assert "prompts: chat, chatml's template" in answered.stderr and "Instruction: Hi\nResponse:" in answered.stdout

@@ -6,7 +6,7 @@ import pytest
 
 from finetuning.data.encoding import encode_instruction, encode_prompt
 from finetuning.data.samples import IGNORE_INDEX, fit_to_length
-from finetuning.data.templates import get_template, load_template_name, save_template_name
+from finetuning.data.templates import Rendering, get_template, load_rendering, save_rendering
 from finetuning.errors import UserError
 
 RECORD = {"instruction": "Reverse the letters of the word.", "input": "apple", "output": "elppa"}
@@ -26,10 +26,45 @@ def test_unknown_template_is_a_user_error():
         get_template("nope")
 
 
-def test_template_name_round_trips(tmp_path):
-    assert load_template_name(tmp_path) is None
-    save_template_name(tmp_path, "llama2")
-    assert load_template_name(tmp_path) == "llama2"
+def test_rendering_round_trips(tmp_path):
+    assert load_rendering(tmp_path) is None
+    rendering = Rendering(get_template("llama2"), "chatml", chat=True)
+    save_rendering(tmp_path, rendering)
+    assert load_rendering(tmp_path) == rendering
+
+
+def test_older_runs_saved_the_template_name_only(tmp_path):
+    (tmp_path / "prompt_template.json").write_text('{"prompt_template": "plain", "chat_template": null}')
+    assert load_rendering(tmp_path) == Rendering(get_template("plain"))
+
+
+def test_custom_template_file_renders_and_its_text_is_saved_with_the_run(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text('with_input: "Q: {instruction}\\nContext: {input}\\nA:"\nwithout_input: "Q: {instruction}\\nA:"\n')
+    template = get_template(str(path))
+    assert template.name == "mine" and template.render("Add.", "1 + 2") == "Q: Add.\nContext: 1 + 2\nA:"
+    assert template.render("Name a color.") == "Q: Name a color.\nA:"
+    save_rendering(tmp_path, Rendering(template))
+    path.unlink()  # the run no longer needs the file
+    assert load_rendering(tmp_path).template == template
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"with_input": "{instruction}"}', "'with_input' must use {input} and {instruction}"),
+        ('{"with_input": "{instruction} {input}", "without_input": "{question}"}', "'without_input' must use"),
+        ('{"with_input": "{instruction} {input}"}', "'without_input' must be a non-empty string"),
+        ("[1, 2]", "expected a mapping"),
+        ("{", "cannot parse"),
+    ],
+)
+def test_bad_template_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message.replace("{", r"\{").replace("}", r"\}")) as error:
+        get_template(str(path))
+    assert error.value.path == str(path) or str(path) in str(error.value)
 
 
 def test_labels_mask_the_prompt_exactly_and_supervise_response_and_eos(tiny_tokenizer):

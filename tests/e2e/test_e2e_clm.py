@@ -4,6 +4,7 @@ architecture, reloading what it saved, and a one-line error for each kind of bad
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import sample_records
@@ -422,3 +423,54 @@ def test_a_finished_run_is_not_overwritten_without_the_flag(run, tiny_model, sam
     assert again.returncode == 2 and "holds a finished run; pass --overwrite_output_dir" in again.stderr
     assert (output / "adapter_model.safetensors").stat().st_mtime_ns == stamp
     assert_ok(run("finetune_clm.py", *args, "--overwrite_output_dir"))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_logs_steps_and_warns_of_changed_settings(run, tiny_model, sample_file, tmp_path):
+    """An interrupted run (checkpoint, no results) resumed with another learning rate and length says so."""
+    output = tmp_path / "out"
+    common = ("--model_name_or_path", tiny_model("llama"), "--train_file", sample_file, "--output_dir", output)
+    steps = ("--do_train", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--report_to", "none")
+    first = run("finetune_clm.py", *common, *steps, "--max_steps", "2", "--save_steps", "2", "--disable_tqdm", "true")
+    assert_ok(first)
+    assert "{'step': 2, 'loss':" in first.stdout  # every loss line carries its step
+    for name in ("all_results.json", "train_results.json"):
+        (output / name).unlink()  # as if the run had been stopped after its checkpoint
+    resumed = run(
+        "finetune_clm.py",
+        *common,
+        *steps,
+        *("--max_steps", "3", "--learning_rate", "1e-4", "--max_seq_length", "256", "--disable_tqdm", "true"),
+    )
+    assert_ok(resumed)
+    warning = next(line for line in resumed.stdout.splitlines() if "resuming with settings that differ" in line)
+    assert warning.split("the checkpoint's run: ")[1].split("; ") == [
+        "learning_rate: 5e-05 -> 0.0001",
+        "max_seq_length: 512 -> 256",
+        "max_steps: 2 -> 3",
+    ]
+    assert "{'step': 3, 'loss':" in resumed.stdout and "{'step': 2, 'loss':" not in resumed.stdout
+
+
+@pytest.mark.slow
+def test_a_prompt_template_file_trains_is_saved_with_the_run_and_prompts_inference(
+    run, tiny_model, sample_file, tmp_path
+):
+    template = tmp_path / "qa.yaml"
+    template.write_text('with_input: "Q: {instruction}\\n{input}\\nA: "\nwithout_input: "Q: {instruction}\\nA: "\n')
+    output = tmp_path / "out"
+    flags = ("--model_name_or_path", tiny_model("llama"), "--train_file", sample_file, "--output_dir", output, *QUICK)
+    first = run("finetune_clm.py", *flags, "--do_train", "--prompt_template", template)
+    assert_ok(first)
+    saved = json.loads((output / "prompt_template.json").read_text())
+    assert (saved["prompt_template"], saved["without_input"]) == ("qa", "Q: {instruction}\nA: ")
+    # the same file name with another text: tokenized again, not read from the cache
+    template.write_text(template.read_text().replace("Q: ", "Question: "))
+    second = run("finetune_clm.py", *flags, "--do_train", "--prompt_template", template, "--overwrite_output_dir")
+    assert_ok(second)
+    tokens = [re.search(r"train data: .*; (\d+) tokens", result.stdout).group(1) for result in (first, second)]
+    assert int(tokens[1]) > int(tokens[0])
+    template.unlink()  # the run holds the template: inference needs no file
+    answered = run("inference.py", "--peft_model_path", output, "--instructions", "Hi", "--max_new_tokens", "2")
+    assert_ok(answered)
+    assert "prompts: qa" in answered.stderr

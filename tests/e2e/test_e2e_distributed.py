@@ -157,6 +157,7 @@ def test_two_ranks_train_one_model_like_one_process_with_the_global_batch(
     log = result.stdout + result.stderr  # the project logs to stdout, transformers to stderr
     assert "Instantaneous batch size per device = 2" in log
     assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in log
+    assert log.count("distributed run: 2 processes (2 on this node), backend gloo, launched by ") == 1  # rank 0
     assert json.loads((output / "finetune_args.json").read_text())["ddp_backend"] == "gloo"
 
     # The same model as one process with the global batch: adapter and every step's logged loss.

@@ -182,6 +182,30 @@ def test_interactive_mode_streams_answers_read_from_stdin(full_run):
 
 
 @pytest.mark.slow
+def test_ctrl_c_at_the_interactive_prompt_ends_the_session_without_a_traceback(full_run):
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "inference.py"), "--base_model_path", str(full_run), "--interactive"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=script_env(),
+        cwd=REPO,
+    )
+    try:
+        process.stdin.write(RECORDS[0]["instruction"] + "\n")
+        process.stdin.flush()
+        assert process.stdout.readline() == "noir\n"  # answered: now waiting for the next line
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+
+
+@pytest.mark.slow
 def test_bench_prints_first_token_latency_and_throughput(full_run):
     result = run_script(
         "inference.py", "--base_model_path", full_run, "--bench", "--bench_runs", "2", "--max_new_tokens", "32"
@@ -220,6 +244,37 @@ def test_seq2seq_model_runs(tiny_model, train_file, tmp_path):
     assert len(rows) == len(RECORDS) and all(isinstance(row["prediction"], str) for row in rows)
 
 
+@pytest.mark.slow
+def test_clm_do_predict_writes_and_scores_predictions_of_the_validation_file(full_run, train_file, tmp_path):
+    output = tmp_path / "predict"
+    result = run_script(
+        "finetune_clm.py",
+        *("--model_name_or_path", full_run, "--validation_file", train_file, "--output_dir", output),
+        *("--do_predict", "--peft", "none", "--report_to", "none", "--generation_max_length", "32"),
+    )
+    assert_ok(result)
+    assert_memorized(read_jsonl(output / "predictions.jsonl"))
+    metrics = json.loads((output / "predict_results.json").read_text())
+    assert metrics["predict_samples"] == len(RECORDS) and metrics["predict_exact_match"] == 100.0
+    assert metrics["predict_rougeL"] == 100.0 and metrics["predict_empty_answers"] == 0
+
+
+@pytest.mark.slow
+def test_seq2seq_do_predict_saves_its_generated_predictions(tiny_model, train_file, tmp_path):
+    output = tmp_path / "predict"
+    result = run_script(
+        "finetune_seq2seq.py",
+        *("--model_name_or_path", tiny_model("t5"), "--validation_file", train_file, "--output_dir", output),
+        *("--do_predict", "--predict_with_generate", "--max_target_length", "6", "--report_to", "none"),
+    )
+    assert_ok(result)
+    rows = read_jsonl(output / "predictions.jsonl")
+    assert [row["instruction"] for row in rows] == [record["instruction"] for record in RECORDS]
+    assert all(isinstance(row["prediction"], str) for row in rows)
+    metrics = json.loads((output / "predict_results.json").read_text())
+    assert {"predict_exact_match", "predict_rouge1", "predict_rougeL"} <= set(metrics)
+
+
 # --- bad input: one line, exit code 2 --------------------------------------------------------------------
 
 
@@ -251,8 +306,9 @@ def test_adapter_whose_base_is_gone(capsys, tiny_model, tmp_path):
     shutil.rmtree(base)
     message = user_error(capsys, "--peft_model_path", tmp_path / "adapter", "--infer")
     assert message == (
-        f"error: field 'base_model_path': the adapter's base model '{base}' (base_model_name_or_path "
-        "in adapter_config.json) does not exist here: pass --base_model_path"
+        f"error: field 'base_model_path': the adapter's base model '{base}' (base_model_name_or_path in "
+        "adapter_config.json) is neither a local directory nor in the Hugging Face cache: pass --base_model_path "
+        "(its local copy, or a hub name to download)"
     )
 
 

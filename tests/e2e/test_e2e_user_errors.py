@@ -20,8 +20,7 @@ ONE_LINE_ERRORS = {
     "offline hub": (["--push_to_hub"], "error: --push_to_hub: the hub is offline here"),
     "no tensorboard": (["--report_to", "tensorboard"], "error: --report_to tensorboard: tensorboard is not installed"),
     "no model": (["--model_name_or_path", "/nope/model"], "error: /nope/model: field 'model_name_or_path': no such"),
-    "nothing to do": (["--do_train", "false"], "error: nothing to do: pass --do_train, --do_eval or both"),
-    "predict": (["--do_predict"], "error: --do_predict: not done by this script yet"),
+    "nothing to do": (["--do_train", "false"], "error: nothing to do: pass --do_train, --do_eval or --do_predict"),
 }
 
 
@@ -68,16 +67,6 @@ def test_training_into_the_base_models_folder_is_refused(tiny_model, tmp_path):
         "it starts from"
     )
     assert sorted(path.name for path in model.iterdir()) == before
-
-
-def test_seq2seq_predict_with_generate_is_not_a_silent_no_op(tiny_model, tmp_path):
-    output = tmp_path / "out"
-    flags = ["--model_name_or_path", tiny_model("t5"), "--validation_file", SAMPLE_DATA, "--output_dir", output]
-    result = run_script("finetune_seq2seq.py", *flags, "--do_predict", "--predict_with_generate")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: --do_predict: not done by this script yet; use --do_eval (--predict_with_generate: ROUGE)"
-    ]
 
 
 def blocked_imports(tmp_path) -> dict[str, str]:

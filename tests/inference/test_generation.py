@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import sample_records
 
-from finetuning.data.templates import get_template, save_template_name
+from finetuning.data.templates import Rendering, get_template, save_rendering
 from finetuning.errors import UserError
 from finetuning.inference.arguments import InferenceArguments
 from finetuning.inference.generation import Generator, build_generation_config
@@ -100,7 +100,7 @@ def test_chat_prompts_are_encoded_as_in_training(llama, tokenizer):
     from finetuning.data.chat import encode_chat
     from finetuning.data.samples import IGNORE_INDEX
 
-    llama.chat_template = "zephyr"
+    llama.rendering = Rendering(get_template("alpaca"), "zephyr")
     messages = [
         {"role": "user", "content": "Translate the color 'black' into French."},
         {"role": "assistant", "content": "noir"},
@@ -115,6 +115,19 @@ def test_chat_prompts_are_encoded_as_in_training(llama, tokenizer):
     )
     assert llama.prompt_ids({"messages": messages}) == sample.input_ids[:last_answer]
     assert llama.prompt_ids({"messages": messages[:3]}) == sample.input_ids[:last_answer]
+
+
+def test_a_chat_trained_model_gets_instructions_as_a_user_turn(llama, tokenizer):
+    from finetuning.data.chat import render_chat_prompt
+
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    llama.rendering = Rendering(get_template("alpaca"), chat=True)  # the tokenizer's own chat template
+    turn = [{"role": "user", "content": "Add the two numbers.\n\n12 + 30"}]
+    expected = tokenizer(render_chat_prompt(tokenizer, turn), add_special_tokens=False)["input_ids"]
+    assert llama.prompt_ids({"instruction": "Add the two numbers.", "input": "12 + 30"}) == expected
+    assert llama.prompt_ids("Add the two numbers.") == llama.prompt_ids(
+        {"messages": [turn[0] | {"content": "Add the two numbers."}]}
+    )
 
 
 # --- only new text, cut at EOS ---------------------------------------------------------------------------
@@ -222,12 +235,12 @@ def test_merged_model_equals_adapter_model(tiny_model, tmp_path):
     base_path = tiny_model("llama")
     adapter_dir = tmp_path / "adapter"
     save_lora_adapter(base_path, adapter_dir)
-    save_template_name(adapter_dir, "plain")
+    save_rendering(adapter_dir, Rendering(get_template("plain")))
 
     with_adapter = load(peft_model_path=str(adapter_dir))  # base found through adapter_config.json
-    assert with_adapter.base_path == str(base_path) and with_adapter.template.name == "plain"
+    assert with_adapter.base_path == str(base_path) and with_adapter.rendering.template.name == "plain"
     config = build_generation_config(with_adapter.model, with_adapter.tokenizer, max_new_tokens=10)
-    generator = Generator(with_adapter.model, with_adapter.tokenizer, config, with_adapter.template)
+    generator = Generator(with_adapter.model, with_adapter.tokenizer, config, with_adapter.rendering)
     ids = generator.prompt_ids(RECORDS[2])
     adapter_logits, adapter_answers = logits(with_adapter.model, ids), generator.generate(RECORDS[:5])
     base = load(base_model_path=str(base_path))
@@ -238,11 +251,11 @@ def test_merged_model_equals_adapter_model(tiny_model, tmp_path):
     assert {"model.safetensors", "config.json", "tokenizer.json", "prompt_template.json"} <= names
     assert not any(name.endswith(".bin") for name in names)
     merged = load(base_model_path=str(merged_dir))
-    assert merged.template.name == "plain"
+    assert merged.rendering.template.name == "plain"
     assert not hasattr(merged.model, "peft_config")
     torch.testing.assert_close(logits(merged.model, ids), adapter_logits, atol=1e-4, rtol=1e-4)
     merged_config = build_generation_config(merged.model, merged.tokenizer, max_new_tokens=10)
-    merged_generator = Generator(merged.model, merged.tokenizer, merged_config, merged.template)
+    merged_generator = Generator(merged.model, merged.tokenizer, merged_config, merged.rendering)
     assert merged_generator.generate(RECORDS[:5]) == adapter_answers
 
 
@@ -278,10 +291,10 @@ def test_template_comes_from_the_run_and_can_be_overridden(tiny_model, tmp_path)
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model("llama"), model_dir)
-    assert load(base_model_path=str(model_dir)).template.name == "alpaca"  # not trained here: the default
-    save_template_name(model_dir, "llama2")
-    assert load(base_model_path=str(model_dir)).template.name == "llama2"
-    assert load(base_model_path=str(model_dir), prompt_template="plain").template.name == "plain"
+    assert load(base_model_path=str(model_dir)).rendering.template.name == "alpaca"  # not trained here: the default
+    save_rendering(model_dir, Rendering(get_template("llama2")))
+    assert load(base_model_path=str(model_dir)).rendering.template.name == "llama2"
+    assert load(base_model_path=str(model_dir), prompt_template="plain").rendering.template.name == "plain"
 
 
 def test_an_adapter_dir_given_as_base_model_path_is_loaded_as_an_adapter(tiny_model, tmp_path):

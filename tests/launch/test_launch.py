@@ -735,6 +735,8 @@ def test_plain_mpirun_rank_is_pinned_before_torch_starts_openmp(tmp_path):
         pytest.skip("the test runs bound to some cores already; a bound rank is left alone")
     expected = rank_cores(physical_cores(set(usable)), 1, 2)
     assert after == f"{expected} {len(expected)} cores"
+
+
 def _physical_cores() -> int:
     listing = subprocess.run(["lscpu", "-p=CORE,SOCKET"], capture_output=True, text=True).stdout
     cores = {line for line in listing.splitlines() if line and not line.startswith("#")}

@@ -181,6 +181,7 @@ def test_rouge_scores_generated_text(tiny_tokenizer):
     metrics = RougeMetrics(tiny_tokenizer)(SimpleNamespace(predictions=generated, label_ids=references))
     assert metrics["rouge1"] == pytest.approx(50.0) and metrics["rougeL"] == pytest.approx(50.0)
     assert metrics["rouge2"] == pytest.approx(50.0)  # "the cat sat" is perfect, "a dog" shares nothing
+    assert metrics["exact_match"] == pytest.approx(50.0)
     assert metrics["gen_len"] == pytest.approx(
         (len(ids(tiny_tokenizer, "the cat sat")) - 1 + len(ids(tiny_tokenizer, "a dog")) - 1) / 2
     )
