@@ -45,11 +45,18 @@ def test_packing_loses_no_token_keeps_the_tail_and_resets_positions(samples):
     )
     assert all(len(block) <= 256 for block in packed["input_ids"])
     assert packed["length"] == [len(block) for block in packed["input_ids"]]
+    assert len(packed["input_ids"]) < len(samples)  # several samples share a block
+    pieces = []
     for ids, positions, labels in zip(packed["input_ids"], packed["position_ids"], packed["labels"], strict=True):
+        assert len(ids) == len(positions) == len(labels)
         starts = [i for i, p in enumerate(positions) if p == 0]
         assert starts[0] == 0
-        assert all(labels[i] == IGNORE_INDEX for i in starts)  # a sample never predicts the next one's start
-        assert len(ids) == len(positions) == len(labels)
+        for start, end in zip(starts, [*starts[1:], len(ids)], strict=True):
+            assert positions[start:end] == list(range(end - start))  # positions restart at every sample
+            assert labels[start] == IGNORE_INDEX  # a sample never predicts the next one's start
+            pieces.append((ids[start:end], labels[start + 1 : end]))
+    # cut at its restarts, every block gives back whole samples, each with its own labels
+    assert sorted(pieces) == sorted((s["input_ids"], s["labels"][1:]) for s in samples)
 
 
 def test_a_single_small_sample_still_makes_one_block(samples):
@@ -184,3 +191,62 @@ def test_packed_equals_unpacked_under_flex_attention(tiny_tokenizer, samples):
     assert_packed_equals_unpacked(model, samples)
     gpt2 = transformers.AutoModelForCausalLM.from_config(build_config("gpt2", tiny_tokenizer))
     assert not use_flex_attention(gpt2) and gpt2.config._attn_implementation == "sdpa"  # no flex: unchanged
+
+
+# Records whose answer is a function of their own prompt alone: the number to spell out is in the input.
+SPELLED = ["seven two", "four four nine", "one eight", "six", "three zero five", "nine nine"]
+
+
+@pytest.fixture(scope="module")
+def spelling_samples(tiny_tokenizer):
+    template = get_template("plain")  # short prompts: several samples per block
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    digits = {word: str(n) for n, word in enumerate(names)}
+    records = [
+        {"instruction": "Spell out the number.", "input": "".join(digits[w] for w in words.split()), "output": words}
+        for words in SPELLED
+    ]
+    return [encode_instruction(tiny_tokenizer, template, record, max_length=128).as_dict() for record in records]
+
+
+def answered_alone(model, sample) -> bool:
+    """Greedy next-token predictions on the sample by itself (positions from 0, nothing else in view) give every
+    supervised token of its answer."""
+    batch = PaddingCollator(pad_token_id=0)([sample])
+    with torch.no_grad():
+        predicted = model(**batch).logits[0, :-1].argmax(-1)
+    labels = batch["labels"][0, 1:]
+    supervised = labels != IGNORE_INDEX
+    return bool((predicted[supervised] == labels[supervised]).all())
+
+
+def test_packed_training_memorizes_samples_that_are_then_answered_alone(tiny_tokenizer, spelling_samples):
+    """Trained only on packed blocks, a tiny GPT-2 (absolute learned positions) must answer each sample alone.
+
+    Were positions to run on across a block (and samples to see each other, as the per-sample mask is derived
+    from the restarts), every sample but a block's first would be learned at positions and in a context it is
+    never asked in. Measured (2 blocks of 3 samples): with restarting positions all 6 are answered after 60
+    steps; with positions that keep counting only the 2 samples that open a block are.
+    """
+    import transformers
+
+    from finetuning.model.tiny import build_config
+
+    packed = pack_batch(as_columns(spelling_samples), block_size=128)
+    assert len(packed["input_ids"]) < len(spelling_samples) / 2  # mostly samples that follow another
+    rows = [{k: packed[k][i] for k in ("input_ids", "labels", "position_ids")} for i in range(len(packed["input_ids"]))]
+    batch = PaddingCollator(pad_token_id=0)(rows)
+    torch.manual_seed(0)
+    config = build_config("gpt2", tiny_tokenizer)
+    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0  # deterministic, and faster to memorize
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(80):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    assert loss.item() < 0.05, loss.item()  # memorized, as packed
+    assert [answered_alone(model, sample) for sample in spelling_samples] == [True] * len(spelling_samples)

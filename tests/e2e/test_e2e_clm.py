@@ -289,25 +289,53 @@ def test_adapter_reloads_and_base_weights_are_unchanged(run, tiny_model, sample_
     assert all(torch.equal(merged_free[name], tensor) for name, tensor in base.items() if name in merged_free)
 
 
+def response_token_loss(model, tokenizer, records) -> float:
+    """Mean cross-entropy over every answer token and its EOS, computed here one record at a time from the
+    text of the alpaca template: the prompt is what precedes the answer, and is not scored."""
+    import torch
+
+    from finetuning.data.templates import get_template
+
+    total, count = 0.0, 0
+    for record in records:
+        prompt = tokenizer(get_template("alpaca").render(record["instruction"], record["input"]))["input_ids"]
+        answer = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + answer])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        total += torch.nn.functional.cross_entropy(logits, torch.tensor(answer), reduction="sum").item()
+        count += len(answer)
+    return total / count
+
+
 def test_eval_gives_loss_and_perplexity(run, tiny_model, sample_file, tmp_path):
+    """The reported eval loss is the trained model's loss on the answers of the validation records (one eval
+    batch holds them all), and the perplexity its exponential: both checked against a computation made here."""
+    import math
+
+    import peft
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    validation = tmp_path / "validation.json"
+    validation.write_text(json.dumps(sample_records(30)[24:]), encoding="utf-8")
     output = tmp_path / "eval"
     result = run(
         "finetune_clm.py",
-        "--model_name_or_path",
-        tiny_model("llama"),
-        "--train_file",
-        sample_file,
-        "--output_dir",
-        output,
-        "--do_train",
-        "--do_eval",
-        "--peft",
-        "lora",
+        *("--model_name_or_path", tiny_model("llama"), "--train_file", sample_file, "--output_dir", output),
+        *("--validation_file", validation, "--per_device_eval_batch_size", "8", "--do_train", "--do_eval"),
+        *("--peft", "lora", "--learning_rate", "1e-2", "--lora_dropout", "0"),
         *QUICK,
     )
     assert_ok(result)
     metrics = json.loads((output / "all_results.json").read_text())
-    assert metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["eval_loss"], rel=1e-6)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model("llama"))
+    untrained = response_token_loss(base, AutoTokenizer.from_pretrained(output), sample_records(30)[24:])
+    trained = peft.PeftModel.from_pretrained(base, output).eval()
+    expected = response_token_loss(trained, AutoTokenizer.from_pretrained(output), sample_records(30)[24:])
+    assert abs(expected - untrained) > 1e-3  # the adapter moved this loss, so the check below sees which was used
+    assert metrics["eval_loss"] == pytest.approx(expected, abs=1e-4)
+    assert metrics["perplexity"] == pytest.approx(math.exp(expected), rel=1e-4)
+    assert metrics["eval_samples"] == 6
 
 
 def test_golden_loss(run, tiny_model, tmp_path):
