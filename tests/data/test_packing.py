@@ -34,7 +34,8 @@ def test_first_fit_decreasing_places_every_index_once_within_capacity():
     assert sorted(index for members in bins for index in members) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in members) <= 10 for members in bins)
     assert len(bins) == 4  # 37 tokens need at least 4 bins of 10
-    with pytest.raises(ValueError):
+    assert len(first_fit_decreasing([4, 4, 6, 6], 10)) == 2  # longest first; in data order first fit needs 3
+    with pytest.raises(ValueError, match="sample 0 has 11 tokens, more than the block size 10"):
         first_fit_decreasing([11], 10)
 
 
@@ -66,12 +67,13 @@ def test_a_single_small_sample_still_makes_one_block(samples):
 
 def test_collator_pads_labels_by_position_and_never_from_ids(samples):
     collator = PaddingCollator(pad_token_id=samples[0]["input_ids"][-1])  # pad id == EOS id on purpose
-    batch = collator(samples[:2])
-    shorter = min(range(2), key=lambda i: len(samples[i]["input_ids"]))
-    length = len(samples[shorter]["input_ids"])
-    assert batch["labels"][shorter].tolist()[:length] == samples[shorter]["labels"]  # EOS label kept
-    assert set(batch["labels"][shorter].tolist()[length:]) <= {IGNORE_INDEX}
-    assert batch["attention_mask"][shorter].sum().item() == length
+    pair = [{key: samples[0][key][:90] for key in ("input_ids", "labels")}, samples[1]]  # 90 and 128 tokens
+    batch = collator(pair)
+    length, longest = len(pair[0]["input_ids"]), len(pair[1]["input_ids"])
+    assert length < longest and batch["input_ids"].shape[1] == longest  # padded, to the longest only
+    assert batch["labels"][0].tolist()[:length] == pair[0]["labels"]  # EOS label kept
+    assert set(batch["labels"][0].tolist()[length:]) == {IGNORE_INDEX}
+    assert batch["attention_mask"][0].tolist() == [1] * length + [0] * (longest - length)
     packed = pack_batch(as_columns(samples), block_size=256)
     rows = [{k: packed[k][i] for k in ("input_ids", "labels", "position_ids")} for i in range(len(packed["input_ids"]))]
     packed_batch = collator(rows)

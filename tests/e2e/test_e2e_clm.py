@@ -302,7 +302,7 @@ def response_token_loss(model, tokenizer, records) -> float:
         answer = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = torch.tensor([prompt + answer])
         with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+            logits = model(input_ids=ids).logits[0, -len(answer) - 1 : -1]  # prompt tuning prepends tokens
         total += torch.nn.functional.cross_entropy(logits, torch.tensor(answer), reduction="sum").item()
         count += len(answer)
     return total / count

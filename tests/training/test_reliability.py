@@ -76,7 +76,7 @@ def resume_args(output_dir: Path, **overrides) -> SimpleNamespace:
     return SimpleNamespace(**(values | overrides))
 
 
-def test_resume_takes_the_newest_checkpoint_that_is_complete_and_intact(tmp_path):
+def test_resume_takes_the_newest_checkpoint_that_is_complete_and_intact(tmp_path, caplog):
     from transformers.trainer_utils import get_last_checkpoint
 
     fake_checkpoint(tmp_path, 4, complete=True)
@@ -88,6 +88,11 @@ def test_resume_takes_the_newest_checkpoint_that_is_complete_and_intact(tmp_path
 
     assert get_last_checkpoint(str(tmp_path)).endswith("checkpoint-16")  # what transformers alone would pick
     assert resolve_resume_checkpoint(resume_args(tmp_path)) == str(wanted)
+    skipped = [record.getMessage() for record in caplog.records if "not resuming" in record.getMessage()]
+    assert skipped == [
+        f"not resuming from {tmp_path / 'checkpoint-16'}: optimizer.pt is missing or not the size it was saved with",
+        f"not resuming from {tmp_path / 'checkpoint-12'}: not marked complete (interrupted while saving?)",
+    ]
     marker = json.loads((wanted / checkpoints.MARKER).read_text())
     assert marker["global_step"] == 8
     assert marker["files"] == {name: (wanted / name).stat().st_size for name in FILES} and FILES["optimizer.pt"] == 128
@@ -110,6 +115,10 @@ def test_an_explicit_checkpoint_must_exist_and_be_intact(tmp_path):
     checkpoint = fake_checkpoint(tmp_path / "old", 8, complete=True)
     assert resolve_resume_checkpoint(resume_args(tmp_path / "new", resume_from_checkpoint=str(checkpoint))) == str(
         checkpoint
+    )
+    unmarked = fake_checkpoint(tmp_path / "plain", 4, complete=False)  # saved by transformers alone: accepted
+    assert resolve_resume_checkpoint(resume_args(tmp_path / "new", resume_from_checkpoint=str(unmarked))) == str(
+        unmarked
     )
     (checkpoint / "adapter_model.safetensors").unlink()
     with pytest.raises(UserError, match=r"field 'resume_from_checkpoint': adapter_model\.safetensors is missing"):
