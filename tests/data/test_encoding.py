@@ -32,6 +32,10 @@ def test_template_name_round_trips(tmp_path):
     assert load_template_name(tmp_path) is None
     save_template_name(tmp_path, "llama2")
     assert load_template_name(tmp_path) == "llama2"
+    (tmp_path / "prompt_template.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot read the saved prompt template") as error:
+        load_template_name(tmp_path)
+    assert error.value.path == str(tmp_path / "prompt_template.json")
 
 
 def test_labels_mask_the_prompt_exactly_and_supervise_response_and_eos(tiny_tokenizer):

@@ -67,7 +67,10 @@ def test_a_single_small_sample_still_makes_one_block(samples):
 
 def test_collator_pads_labels_by_position_and_never_from_ids(samples):
     collator = PaddingCollator(pad_token_id=samples[0]["input_ids"][-1])  # pad id == EOS id on purpose
-    pair = [{key: samples[0][key][:90] for key in ("input_ids", "labels")}, samples[1]]  # 90 and 128 tokens
+    pair = [
+        {key: sample[key][:cut] for key in ("input_ids", "labels")}
+        for sample, cut in zip(samples[:2], (90, 100), strict=True)
+    ]
     batch = collator(pair)
     length, longest = len(pair[0]["input_ids"]), len(pair[1]["input_ids"])
     assert length < longest and batch["input_ids"].shape[1] == longest  # padded, to the longest only
