@@ -193,6 +193,8 @@ def test_missing_local_rank_without_mpi4py_is_a_user_error():
     # MPICH's gforker and srun's PMI export only PMI_RANK/PMI_SIZE; the local rank then needs mpi4py.
     with pytest.raises(UserError, match="LOCAL_RANK and LOCAL_WORLD_SIZE or install mpi4py"):
         setup_launch_environment({"PMI_RANK": "0", "PMI_SIZE": "2"})
+    with pytest.raises(UserError, match="LOCAL_RANK and LOCAL_WORLD_SIZE or install mpi4py"):  # half of it
+        setup_launch_environment({"PMI_RANK": "0", "PMI_SIZE": "2", "MPI_LOCALRANKID": "0"})
 
 
 # --- rendezvous address -----------------------------------------------------------------------------------
