@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-quick lint
+.PHONY: setup demo test test-quick lint mutate
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -29,3 +29,11 @@ test: lint
 
 test-quick: setup
 	$(BIN)/python -m pytest -q -m "not slow and not distributed"
+
+# Mutation testing (long on 2 cores; not part of CI): `make mutate MUTANTS="finetuning.data.packing*"` for a subset.
+MUTANTS ?=
+MUTATE_CHILDREN ?= 2
+mutate: setup
+	$(BIN)/python -m pip install -q -r requirements-mutate.txt
+	$(BIN)/mutmut run --max-children $(MUTATE_CHILDREN) $(MUTANTS)
+	$(BIN)/mutmut results

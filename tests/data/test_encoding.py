@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetuning.data.encoding import encode_instruction, encode_prompt
+from finetuning.data.encoding import encode_causal_record, encode_instruction, encode_prompt
 from finetuning.data.samples import IGNORE_INDEX, fit_to_length
 from finetuning.data.templates import Rendering, get_template, load_rendering, save_rendering
 from finetuning.errors import UserError
@@ -19,11 +19,13 @@ def test_alpaca_template_with_and_without_input():
     assert "paired with an input" in with_input
     without_input = alpaca.render("Do it.", "  ")
     assert "### Input:" not in without_input and without_input.endswith("### Instruction:\nDo it.\n\n### Response:\n")
+    assert alpaca.render("Do it.") == without_input  # no input by default
 
 
 def test_unknown_template_is_a_user_error():
-    with pytest.raises(UserError, match="unknown prompt template 'nope'"):
+    with pytest.raises(UserError, match=r"unknown prompt template 'nope' \(known: alpaca, ") as error:
         get_template("nope")
+    assert error.value.field == "prompt_template"
 
 
 def test_rendering_round_trips(tmp_path):
@@ -67,6 +69,13 @@ def test_bad_template_files_are_one_line_errors(tmp_path, content, message):
     assert error.value.path == str(path) or str(path) in str(error.value)
 
 
+def test_a_corrupt_saved_rendering_is_a_user_error(tmp_path):
+    (tmp_path / "prompt_template.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot read the saved prompt template") as error:
+        load_rendering(tmp_path)
+    assert error.value.path == str(tmp_path / "prompt_template.json")
+
+
 def test_labels_mask_the_prompt_exactly_and_supervise_response_and_eos(tiny_tokenizer):
     template = get_template("alpaca")
     sample = encode_instruction(tiny_tokenizer, template, RECORD, max_length=512)
@@ -107,3 +116,18 @@ def test_truncation_keeps_bos_response_marker_and_flags_it(tiny_tokenizer):
 def test_fit_to_length_is_identity_when_it_fits():
     assert fit_to_length([1, 2], [3, 4], 4) == ([1, 2], [3, 4])
     assert fit_to_length([1, 2, 3, 4, 5, 6], [7, 8], 4) == ([1, 6], [7, 8])
+
+
+@pytest.mark.parametrize("train_on_inputs", [False, True])
+@pytest.mark.parametrize("max_length", [512, 12], ids=["fits", "truncated"])
+def test_an_instruction_record_reaches_the_data_set_as_encode_instruction_made_it(
+    tiny_tokenizer, train_on_inputs, max_length
+):
+    template = get_template("alpaca")
+    sample = encode_instruction(
+        tiny_tokenizer, template, RECORD, max_length=max_length, train_on_inputs=train_on_inputs
+    )
+    encoded = encode_causal_record(
+        RECORD, tokenizer=tiny_tokenizer, template=template, max_length=max_length, train_on_inputs=train_on_inputs
+    )
+    assert encoded == {"input_ids": sample.input_ids, "labels": sample.labels, "truncated": max_length == 12}

@@ -34,7 +34,8 @@ def test_first_fit_decreasing_places_every_index_once_within_capacity():
     assert sorted(index for members in bins for index in members) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in members) <= 10 for members in bins)
     assert len(bins) == 4  # 37 tokens need at least 4 bins of 10
-    with pytest.raises(ValueError):
+    assert len(first_fit_decreasing([4, 4, 6, 6], 10)) == 2  # longest first; in data order first fit needs 3
+    with pytest.raises(ValueError, match="sample 0 has 11 tokens, more than the block size 10"):
         first_fit_decreasing([11], 10)
 
 
@@ -45,11 +46,18 @@ def test_packing_loses_no_token_keeps_the_tail_and_resets_positions(samples):
     )
     assert all(len(block) <= 256 for block in packed["input_ids"])
     assert packed["length"] == [len(block) for block in packed["input_ids"]]
+    assert len(packed["input_ids"]) < len(samples)  # several samples share a block
+    pieces = []
     for ids, positions, labels in zip(packed["input_ids"], packed["position_ids"], packed["labels"], strict=True):
+        assert len(ids) == len(positions) == len(labels)
         starts = [i for i, p in enumerate(positions) if p == 0]
         assert starts[0] == 0
-        assert all(labels[i] == IGNORE_INDEX for i in starts)  # a sample never predicts the next one's start
-        assert len(ids) == len(positions) == len(labels)
+        for start, end in zip(starts, [*starts[1:], len(ids)], strict=True):
+            assert positions[start:end] == list(range(end - start))  # positions restart at every sample
+            assert labels[start] == IGNORE_INDEX  # a sample never predicts the next one's start
+            pieces.append((ids[start:end], labels[start + 1 : end]))
+    # cut at its restarts, every block gives back whole samples, each with its own labels
+    assert sorted(pieces) == sorted((s["input_ids"], s["labels"][1:]) for s in samples)
 
 
 def test_a_single_small_sample_still_makes_one_block(samples):
@@ -59,12 +67,16 @@ def test_a_single_small_sample_still_makes_one_block(samples):
 
 def test_collator_pads_labels_by_position_and_never_from_ids(samples):
     collator = PaddingCollator(pad_token_id=samples[0]["input_ids"][-1])  # pad id == EOS id on purpose
-    batch = collator(samples[:2])
-    shorter = min(range(2), key=lambda i: len(samples[i]["input_ids"]))
-    length = len(samples[shorter]["input_ids"])
-    assert batch["labels"][shorter].tolist()[:length] == samples[shorter]["labels"]  # EOS label kept
-    assert set(batch["labels"][shorter].tolist()[length:]) <= {IGNORE_INDEX}
-    assert batch["attention_mask"][shorter].sum().item() == length
+    pair = [
+        {key: sample[key][:cut] for key in ("input_ids", "labels")}
+        for sample, cut in zip(samples[:2], (90, 100), strict=True)
+    ]
+    batch = collator(pair)
+    length, longest = len(pair[0]["input_ids"]), len(pair[1]["input_ids"])
+    assert length < longest and batch["input_ids"].shape[1] == longest  # padded, to the longest only
+    assert batch["labels"][0].tolist()[:length] == pair[0]["labels"]  # EOS label kept
+    assert set(batch["labels"][0].tolist()[length:]) == {IGNORE_INDEX}
+    assert batch["attention_mask"][0].tolist() == [1] * length + [0] * (longest - length)
     packed = pack_batch(as_columns(samples), block_size=256)
     rows = [{k: packed[k][i] for k in ("input_ids", "labels", "position_ids")} for i in range(len(packed["input_ids"]))]
     packed_batch = collator(rows)
@@ -209,3 +221,62 @@ def test_bucket_lengths_apply_where_kernels_are_compiled_per_shape():
     assert packed_row_lengths(args, None) is None  # not packed
     args.auto_optimize = False
     assert packed_row_lengths(args, 2048) is None
+
+
+# Records whose answer is a function of their own prompt alone: the number to spell out is in the input.
+SPELLED = ["seven two", "four four nine", "one eight", "six", "three zero five", "nine nine"]
+
+
+@pytest.fixture(scope="module")
+def spelling_samples(tiny_tokenizer):
+    template = get_template("plain")  # short prompts: several samples per block
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    digits = {word: str(n) for n, word in enumerate(names)}
+    records = [
+        {"instruction": "Spell out the number.", "input": "".join(digits[w] for w in words.split()), "output": words}
+        for words in SPELLED
+    ]
+    return [encode_instruction(tiny_tokenizer, template, record, max_length=128).as_dict() for record in records]
+
+
+def answered_alone(model, sample) -> bool:
+    """Greedy next-token predictions on the sample by itself (positions from 0, nothing else in view) give every
+    supervised token of its answer."""
+    batch = PaddingCollator(pad_token_id=0)([sample])
+    with torch.no_grad():
+        predicted = model(**batch).logits[0, :-1].argmax(-1)
+    labels = batch["labels"][0, 1:]
+    supervised = labels != IGNORE_INDEX
+    return bool((predicted[supervised] == labels[supervised]).all())
+
+
+def test_packed_training_memorizes_samples_that_are_then_answered_alone(tiny_tokenizer, spelling_samples):
+    """Trained only on packed blocks, a tiny GPT-2 (absolute learned positions) must answer each sample alone.
+
+    Were positions to run on across a block (and samples to see each other, as the per-sample mask is derived
+    from the restarts), every sample but a block's first would be learned at positions and in a context it is
+    never asked in. Measured (2 blocks of 3 samples): with restarting positions all 6 are answered after 60
+    steps; with positions that keep counting only the 2 samples that open a block are.
+    """
+    import transformers
+
+    from finetuning.model.tiny import build_config
+
+    packed = pack_batch(as_columns(spelling_samples), block_size=128)
+    assert len(packed["input_ids"]) < len(spelling_samples) / 2  # mostly samples that follow another
+    rows = [{k: packed[k][i] for k in ("input_ids", "labels", "position_ids")} for i in range(len(packed["input_ids"]))]
+    batch = PaddingCollator(pad_token_id=0)(rows)
+    torch.manual_seed(0)
+    config = build_config("gpt2", tiny_tokenizer)
+    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0  # deterministic, and faster to memorize
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(80):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    assert loss.item() < 0.05, loss.item()  # memorized, as packed
+    assert [answered_alone(model, sample) for sample in spelling_samples] == [True] * len(spelling_samples)

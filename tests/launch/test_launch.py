@@ -68,6 +68,53 @@ def test_each_mpi_flavour_maps_onto_torch_variables(flavour):
     assert launch.is_distributed and not launch.is_main_process
 
 
+@pytest.mark.parametrize("flavour", ["mpich", "openmpi", "mvapich", "torchrun"])
+def test_on_two_hosts_the_local_rank_is_the_rank_on_this_host_not_the_world_rank(flavour):
+    """Rank 3 of 4 on 2 hosts of 2 is the second process of the second host: local rank 1, so it drives GPU 1.
+    On one host (every real mpirun/torchrun test here) world rank == local rank, so only this tells them apart."""
+    if flavour == "torchrun":
+        env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "x"}
+    else:
+        env = mpi_env(flavour, rank=3, size=4, local_rank=1, local_size=2)
+    env["MASTER_ADDR"] = "node0"
+
+    launch = setup_launch_environment(env)
+
+    assert (launch.rank, launch.world_size, launch.local_rank, launch.local_world_size) == (3, 4, 1, 2)
+    assert (env["RANK"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("3", "1", "2")
+    assert env["OMP_NUM_THREADS"] == "4"  # 8 usable CPUs shared by the 2 ranks of this host, not by 4
+
+
+class FakeNodeComm:
+    """What mpi4py's COMM_WORLD.Split_type(COMM_TYPE_SHARED) returns: this host's ranks."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        self.rank, self.size = rank, size
+
+    def Split_type(self, kind):  # mpi4py's spelling
+        return self
+
+    def Get_rank(self) -> int:
+        return self.rank
+
+    def Get_size(self) -> int:
+        return self.size
+
+    def Free(self) -> None:
+        pass
+
+
+def test_a_local_rank_derived_through_mpi4py_is_the_rank_within_the_host(monkeypatch):
+    fake = types.ModuleType("mpi4py")
+    fake.MPI = types.SimpleNamespace(COMM_TYPE_SHARED=1)  # the one name read; the real import would start MPI
+    monkeypatch.setitem(sys.modules, "mpi4py", fake)
+    monkeypatch.setattr(environment, "_mpi_world", lambda world_size: FakeNodeComm(rank=1, size=2))
+    env = {"PMI_RANK": "3", "PMI_SIZE": "4", "MASTER_ADDR": "node0"}  # gforker/srun: no local variables
+
+    assert setup_launch_environment(env) == LaunchEnvironment(3, 4, 1, 2, "mpich")
+    assert env["LOCAL_RANK"] == "1"
+
+
 def test_what_mpich_hydra_exports_is_enough_on_one_host():
     # Exactly what `.venv/bin/mpirun -n 2 env` shows for rank 1 (MPICH 5 Hydra from PyPI).
     env = {"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1", "MPI_LOCALNRANKS": "2", "PMI_FD": "9"}
@@ -147,6 +194,8 @@ def test_missing_local_rank_without_mpi4py_is_a_user_error():
     # MPICH's gforker and srun's PMI export only PMI_RANK/PMI_SIZE; the local rank then needs mpi4py.
     with pytest.raises(UserError, match="LOCAL_RANK and LOCAL_WORLD_SIZE or install mpi4py"):
         setup_launch_environment({"PMI_RANK": "0", "PMI_SIZE": "2"})
+    with pytest.raises(UserError, match="LOCAL_RANK and LOCAL_WORLD_SIZE or install mpi4py"):  # half of it
+        setup_launch_environment({"PMI_RANK": "0", "PMI_SIZE": "2", "MPI_LOCALRANKID": "0"})
 
 
 # --- rendezvous address -----------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from finetuning.errors import UserError
 from finetuning.training import checkpoints
 from finetuning.training.run import resolve_resume_checkpoint
 
-STEPS = 36  # 24 samples, batch 2, 3 epochs
+STEPS_PER_EPOCH = 12  # 24 samples, batch 2
+STEPS = 3 * STEPS_PER_EPOCH
 RUN = (
     "--do_train",
     "--peft",
@@ -75,7 +76,7 @@ def resume_args(output_dir: Path, **overrides) -> SimpleNamespace:
     return SimpleNamespace(**(values | overrides))
 
 
-def test_resume_takes_the_newest_checkpoint_that_is_complete_and_intact(tmp_path):
+def test_resume_takes_the_newest_checkpoint_that_is_complete_and_intact(tmp_path, caplog):
     from transformers.trainer_utils import get_last_checkpoint
 
     fake_checkpoint(tmp_path, 4, complete=True)
@@ -87,6 +88,11 @@ def test_resume_takes_the_newest_checkpoint_that_is_complete_and_intact(tmp_path
 
     assert get_last_checkpoint(str(tmp_path)).endswith("checkpoint-16")  # what transformers alone would pick
     assert resolve_resume_checkpoint(resume_args(tmp_path)) == str(wanted)
+    skipped = [record.getMessage() for record in caplog.records if "not resuming" in record.getMessage()]
+    assert skipped == [
+        f"not resuming from {tmp_path / 'checkpoint-16'}: optimizer.pt is missing or not the size it was saved with",
+        f"not resuming from {tmp_path / 'checkpoint-12'}: not marked complete (interrupted while saving?)",
+    ]
     marker = json.loads((wanted / checkpoints.MARKER).read_text())
     assert marker["global_step"] == 8
     assert marker["files"] == {name: (wanted / name).stat().st_size for name in FILES} and FILES["optimizer.pt"] == 128
@@ -109,6 +115,10 @@ def test_an_explicit_checkpoint_must_exist_and_be_intact(tmp_path):
     checkpoint = fake_checkpoint(tmp_path / "old", 8, complete=True)
     assert resolve_resume_checkpoint(resume_args(tmp_path / "new", resume_from_checkpoint=str(checkpoint))) == str(
         checkpoint
+    )
+    unmarked = fake_checkpoint(tmp_path / "plain", 4, complete=False)  # saved by transformers alone: accepted
+    assert resolve_resume_checkpoint(resume_args(tmp_path / "new", resume_from_checkpoint=str(unmarked))) == str(
+        unmarked
     )
     (checkpoint / "adapter_model.safetensors").unlink()
     with pytest.raises(UserError, match=r"field 'resume_from_checkpoint': adapter_model\.safetensors is missing"):
@@ -254,11 +264,29 @@ def assert_same_run(output: Path, reference: Path) -> None:
     assert losses[0] == pytest.approx(losses[1], abs=TOLERANCE)
 
 
-def assert_resumed_to_the_reference(scenario: Scenario, scenarios: dict[str, Scenario]) -> None:
+# A step's log line as the Trainer prints it: {'loss': '5.919', 'grad_norm': ..., 'epoch': '0.08333'}
+LOGGED_STEP = re.compile(r"\{'loss': [^}]*'epoch': '([0-9.]+)'\}")
+
+
+def steps_trained(log: str) -> list[int]:
+    """The optimizer steps a run took, read from its own log (logging_steps 1: one line per step)."""
+    return [round(float(epoch) * STEPS_PER_EPOCH) for epoch in LOGGED_STEP.findall(log)]
+
+
+def assert_resumed_to_the_reference(scenario: Scenario, scenarios: dict[str, Scenario], checkpoint: int) -> None:
+    """The rerun trained exactly the steps after ``checkpoint`` (a deterministic restart from scratch would
+    also end at the reference adapter, with the same loss history, but would log all STEPS steps) and ended
+    where the uninterrupted run did."""
     reference, rerun = scenarios["reference"].first.check(), scenario.rerun.check()
     assert reference.returncode == 0, reference.log[-3000:]
     assert rerun.returncode == 0, rerun.log[-3000:]
+    assert steps_trained(reference.log) == list(range(1, STEPS + 1))  # the log line still reads as expected
+    assert 0 < checkpoint < STEPS
+    assert steps_trained(rerun.log) == list(range(checkpoint + 1, STEPS + 1)), rerun.log[-3000:]
     assert_same_run(scenario.output, scenarios["reference"].output)
+
+
+RESUMING = re.compile(r"(?<!not )resuming from (\S+/checkpoint-(\d+))")
 
 
 @pytest.mark.slow
@@ -266,8 +294,9 @@ def test_sigkill_mid_run_then_the_same_command_resumes_to_the_same_adapter(scena
     killed = scenarios["sigkill"]
     assert killed.first.check().returncode == -signal.SIGKILL, killed.first.log[-3000:]
     assert "train_results.json" not in killed.after_first[""]  # really cut short
-    assert "resuming from" in killed.rerun.check().log
-    assert_resumed_to_the_reference(killed, scenarios)
+    resuming = RESUMING.search(killed.rerun.check().log)
+    assert resuming, killed.rerun.log[-3000:]
+    assert_resumed_to_the_reference(killed, scenarios, int(resuming[2]))
 
 
 @pytest.mark.slow
@@ -280,7 +309,7 @@ def test_a_crash_while_writing_a_checkpoint_leaves_nothing_resume_would_pick(sce
     half = crash.output / "checkpoint-8"
     assert f"not resuming from {half}: not marked complete" in crash.rerun.check().log
     assert f"resuming from {crash.output / 'checkpoint-4'}" in crash.rerun.log
-    assert_resumed_to_the_reference(crash, scenarios)
+    assert_resumed_to_the_reference(crash, scenarios, 4)
 
 
 @pytest.mark.slow
@@ -297,7 +326,7 @@ def test_a_signal_saves_a_checkpoint_stops_and_the_rerun_finishes_the_same_run(n
     assert not {"train_results.json", "adapter_model.safetensors"} & scenario.after_first[""]  # ... no final model
     if name == "SIGTERM":  # the same command; SIGINT's rerun passed --resume_from_checkpoint <that checkpoint>
         assert f"resuming from {checkpoint}" in scenario.rerun.check().log
-    assert_resumed_to_the_reference(scenario, scenarios)
+    assert_resumed_to_the_reference(scenario, scenarios, step)
 
 
 @pytest.mark.slow
@@ -309,6 +338,7 @@ def test_finetune_seq2seq_has_the_same_guard(scenarios):
     stopped = STOPPED.search(first.log)
     assert stopped and checkpoints.MARKER in scenario.after_first[Path(stopped[3]).name], first.log[-3000:]
     assert rerun.returncode == 0 and f"resuming from {stopped[3]}" in rerun.log, rerun.log[-3000:]
+    assert steps_trained(rerun.log) == list(range(int(stopped[2]) + 1, STEPS + 1)), rerun.log[-3000:]
     history = json.loads((scenario.output / "trainer_state.json").read_text())["log_history"]
     assert [entry["step"] for entry in history if "loss" in entry] == list(range(1, STEPS + 1))
 
