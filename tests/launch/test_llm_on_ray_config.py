@@ -19,76 +19,10 @@ from finetuning.errors import UserError
 from finetuning.launch.llm_on_ray_config import is_llm_on_ray_config, map_llm_on_ray_config
 from finetuning.launch.ray_train import RayArguments, build_plan, worker_environment
 
-# The issue's sample, verbatim (the newer generation, `llm_on_ray-finetune --config_file`).
-VERBATIM = """\
-General:
-  base_model: EleutherAI/gpt-j-6b
-  gpt_base_model: true
-  output_dir: /tmp/llm-ray/output
-  save_strategy: no
-  config: {trust_remote_code: false, use_auth_token: null}
-  lora_config: {task_type: CAUSAL_LM, r: 8, lora_alpha: 32, lora_dropout: 0.1}
-  enable_gradient_checkpointing: false
-Dataset:
-  train_file: examples/data/sample_finetune_data_small.jsonl   # {"instruction","context","response"} JSONL
-  group: true
-  max_length: 512
-  block_size: 512
-  validation_file: null
-  validation_split_percentage: 5
-Training:
-  optimizer: adamw_torch
-  batch_size: 2
-  epochs: 3
-  learning_rate: 1.0e-05
-  lr_scheduler: linear
-  weight_decay: 0.0
-  mixed_precision: bf16
-  device: cpu                 # cpu | gpu | hpu
-  num_training_workers: 2
-  resources_per_worker: {CPU: 32}
-  accelerate_mode: DDP        # DDP | FSDP | DEEPSPEED
-  gradient_accumulation_steps: 1
-  logging_steps: 10
-"""
-
-# The earlier generation (`python finetune/finetune.py --config_path ...`) with the rest of their keys.
-EARLIER = """\
-General:
-  base_model: EleutherAI/gpt-j-6b
-  tokenizer_name: EleutherAI/gpt-j-6b
-  gpt_base_model: false
-  output_dir: /tmp/llm-ray/output
-  checkpoint_dir: /tmp/llm-ray/checkpoint
-  report_to: none
-  resume_from_checkpoint: null
-  config: {trust_remote_code: true, use_auth_token: null}
-  lora_config: {task_type: CAUSAL_LM, r: 16, lora_alpha: 32, lora_dropout: 0.05, target_modules: [q_proj, v_proj]}
-Dataset:
-  train_file: data/train.jsonl
-  validation_file: data/valid.jsonl
-  validation_split_percentage: 0
-  max_length: 256
-  max_source_length: null
-  padding_side: right
-  truncation_side: right
-  mask_input: false
-  mask_response: true
-Training:
-  optimizer: AdamW
-  batch_size: 4
-  epochs: 1
-  max_train_steps: 40
-  learning_rate: 2.0e-4
-  lr_scheduler: cosine
-  weight_decay: 0.01
-  device: GPU
-  num_training_workers: 4
-  resources_per_worker: {CPU: 8, GPU: 1}
-  accelerate_mode: GPU_DDP
-  seed: 42
-  deepspeed_config_file: ''
-"""
+FIXTURES = REPO / "tests" / "fixtures" / "llm_on_ray"
+# The issue's sample, verbatim (the later generation), and the earlier generation with the rest of their keys.
+VERBATIM = (FIXTURES / "finetune.yaml").read_text()
+EARLIER = (FIXTURES / "finetune_earlier.conf").read_text()
 
 
 def flags_of(flags: list[str]) -> dict[str, str | None]:
