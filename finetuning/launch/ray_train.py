@@ -165,7 +165,9 @@ def train_worker(config: dict[str, Any]) -> None:
         port=port,
     )
     command = [sys.executable, config["script"], *config["flags"]]
-    returncode = subprocess.run(command, env=env, preexec_fn=_die_with_parent, check=False).returncode
+    # Relative paths in the flags mean what they meant where the command was typed, as under mpirun.
+    cwd = config["cwd"] if Path(config["cwd"]).is_dir() else None
+    returncode = subprocess.run(command, env=env, cwd=cwd, preexec_fn=_die_with_parent, check=False).returncode
     if returncode != 0:
         raise RuntimeError(f"rank {rank}: {Path(config['script']).name} exited with code {returncode}")
 
@@ -232,7 +234,7 @@ def run_on_ray(
         # so the workers never hold a group, a rendezvous port or an accelerator context of their own.
         trainer = DataParallelTrainer(
             train_worker,
-            train_loop_config={"script": str(TRAIN_SCRIPT), "flags": plan.flags},
+            train_loop_config={"script": str(TRAIN_SCRIPT), "flags": plan.flags, "cwd": os.getcwd()},
             backend_config=BackendConfig(),
             scaling_config=ScalingConfig(
                 num_workers=plan.num_workers, use_gpu=plan.use_gpu, resources_per_worker=plan.resources_per_worker

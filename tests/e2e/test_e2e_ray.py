@@ -99,7 +99,7 @@ def reference(workdir) -> Path:
 
 
 def ray_finetune(
-    config: Path, *flags: object, env: dict[str, str] | None = None, timeout: float = 300
+    config: Path, *flags: object, env: dict[str, str] | None = None, cwd: Path = REPO
 ) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable,
@@ -108,7 +108,7 @@ def ray_finetune(
         str(config),
         *map(str, flags),
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env or ray_env(), cwd=REPO)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env or ray_env(), cwd=cwd)
 
 
 def assert_matches(output: Path, reference: Path) -> None:
@@ -124,7 +124,10 @@ def assert_matches(output: Path, reference: Path) -> None:
 
 def test_the_issues_yaml_on_a_local_ray_trains_like_one_process_with_the_global_batch(workdir, reference, tmp_path):
     output = tmp_path / "out"
-    result = ray_finetune(yaml_for(workdir, output), "--storage_path", tmp_path / "ray", "--", *OVERRIDES)
+    # A relative train_file means what it means where the command runs (Ray's workers run elsewhere).
+    config = yaml_for(workdir, output)
+    config.write_text(config.read_text().replace(str(workdir / "dolly.jsonl"), "dolly.jsonl"))
+    result = ray_finetune(config, "--storage_path", tmp_path / "ray", "--", *OVERRIDES, cwd=workdir)
     log = result.stdout + result.stderr
     assert_ok(result)
     assert "ray_finetune: 2 workers x {'CPU': " in log
