@@ -28,7 +28,8 @@ from finetuning.errors import UserError, exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     from finetuning.cli import parse_arguments
     from finetuning.data.arguments import DataArguments
-    from finetuning.launch.ray_train import RayArguments, build_plan, require_ray, run_on_ray
+    from finetuning.launch.ray_arguments import RayArguments
+    from finetuning.launch.ray_train import build_plan, require_ray, run_on_ray
     from finetuning.model.arguments import ModelArguments, PeftArguments
     from finetuning.training.arguments import FinetuneTrainingArguments
     from finetuning.training.run import resolve_resume_checkpoint

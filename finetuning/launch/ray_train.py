@@ -18,13 +18,13 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from finetuning.cli import expand_config_file, read_config_file
 from finetuning.errors import UserError
 from finetuning.launch.llm_on_ray_config import RayPlan, is_llm_on_ray_config, map_llm_on_ray_config
+from finetuning.launch.ray_arguments import RayArguments
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "finetune_clm.py"
@@ -35,37 +35,6 @@ LOCAL_OBJECT_STORE_BYTES = 100_000_000
 # Set by Ray or torchrun for the worker itself; the child gets torchrun's set and nothing that contradicts it.
 DROPPED_VARIABLES = ("ACCELERATE_TORCH_DEVICE", "NODE_RANK")
 PR_SET_PDEATHSIG = 1
-
-
-@dataclass
-class RayArguments:
-    """scripts/ray_finetune.py's own flags; finetune_clm.py's flags follow ``--``."""
-
-    config_file: str | None = field(
-        default=None,
-        metadata={"help": "An llm-on-ray fine-tuning YAML (either generation), or a finetune_clm.py YAML/JSON config."},
-    )
-    config_path: str | None = field(default=None, metadata={"help": "llm-on-ray's earlier name of --config_file."})
-    ray_address: str | None = field(
-        default=None,
-        metadata={"help": "Join this Ray cluster (e.g. <head-ip>:6379; default $RAY_ADDRESS). Neither: a local Ray."},
-    )
-    max_failures: int = field(
-        default=0, metadata={"help": "Restart the worker group this many times after a failure (Ray FailureConfig)."}
-    )
-    storage_path: str | None = field(
-        default=None,
-        metadata={"help": "Ray Train's run storage (default ~/ray_results); shared storage on a multi-node cluster."},
-    )
-    num_workers: int | None = field(
-        default=None, metadata={"help": "Ray Train workers (ranks); overrides Training.num_training_workers."}
-    )
-    use_gpu: bool | None = field(
-        default=None, metadata={"help": "One GPU per worker (nccl); overrides Training.device. Default: CPU (gloo)."}
-    )
-    cpus_per_worker: float | None = field(
-        default=None, metadata={"help": "CPUs per worker; overrides Training.resources_per_worker.CPU (default 1)."}
-    )
 
 
 def ray_available() -> bool:
@@ -225,7 +194,7 @@ def run_on_ray(
     """Train ``plan`` on Ray Train (local unless ``address``); ``report`` shows resource adjustments."""
     _start_ray(address)
     import ray
-    from ray.train import BackendConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import BackendConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     try:
@@ -245,5 +214,9 @@ def run_on_ray(
             ),
         )
         trainer.fit()
+    except TrainingFailedError as error:
+        failed = [line.strip() for line in str(error).splitlines() if "exited with code" in line]
+        detail = failed[-1] if failed else str(error).splitlines()[0]
+        raise UserError(f"the Ray Train run failed ({max_failures} restarts allowed): {detail}; see above") from None
     finally:
         ray.shutdown()

@@ -90,7 +90,8 @@ def yaml_for(workdir: Path, output: Path) -> Path:
 @pytest.fixture(scope="module")
 def reference(workdir) -> Path:
     """One finetune_clm.py process, the YAML's mapped flags, the global batch of 2 workers x 2."""
-    from finetuning.launch.ray_train import RayArguments, build_plan
+    from finetuning.launch.ray_arguments import RayArguments
+    from finetuning.launch.ray_train import build_plan
 
     output = workdir / "single_batch4"
     plan = build_plan(RayArguments(config_file=str(yaml_for(workdir, output))), list(OVERRIDES))

@@ -17,7 +17,8 @@ from conftest import REPO, script_env
 
 from finetuning.errors import UserError
 from finetuning.launch.llm_on_ray_config import is_llm_on_ray_config, map_llm_on_ray_config
-from finetuning.launch.ray_train import RayArguments, build_plan, worker_environment
+from finetuning.launch.ray_arguments import RayArguments
+from finetuning.launch.ray_train import build_plan, worker_environment
 
 FIXTURES = REPO / "tests" / "fixtures" / "llm_on_ray"
 # The sample, verbatim (the later generation), and the earlier generation with the rest of their keys.
@@ -233,3 +234,22 @@ def test_the_suite_does_not_import_ray():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=script_env(), timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_workers_that_do_not_fit_shrink_on_a_local_ray_and_are_refused_on_a_cluster(monkeypatch):
+    ray = pytest.importorskip("ray")
+    from finetuning.launch import ray_train
+    from finetuning.launch.llm_on_ray_keys import RayPlan
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    lines: list[str] = []
+    plan = RayPlan(num_workers=2, resources_per_worker={"CPU": 32})
+    ray_train._fit_resources(plan, local=True, report=lines.append)
+    assert plan.resources_per_worker == {"CPU": 1} and lines == [
+        "2 workers x 32 CPUs do not fit this machine's 2: each worker gets 1"
+    ]
+    with pytest.raises(UserError, match=r"^2 workers x 32 CPU do not fit the cluster's 2 CPU$"):
+        ray_train._fit_resources(RayPlan(num_workers=2, resources_per_worker={"CPU": 32}), local=False, report=print)
+    with pytest.raises(UserError, match=r"^2 workers x 1 GPU do not fit the cluster's 0 GPU$"):
+        gpus = RayPlan(num_workers=2, resources_per_worker={"CPU": 1, "GPU": 1}, use_gpu=True)
+        ray_train._fit_resources(gpus, local=True, report=print)
