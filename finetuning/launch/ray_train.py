@@ -216,7 +216,7 @@ def run_on_ray(
         trainer.fit()
     except TrainingFailedError as error:
         failed = [line.strip() for line in str(error).splitlines() if "exited with code" in line]
-        detail = failed[-1] if failed else str(error).splitlines()[0]
+        detail = failed[-1] if failed else str(error).splitlines()[0].rstrip(":")
         raise UserError(f"the Ray Train run failed ({max_failures} restarts allowed): {detail}; see above") from None
     finally:
         ray.shutdown()
