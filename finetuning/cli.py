@@ -38,7 +38,7 @@ def _config_to_flags(config: dict[str, Any]) -> list[str]:
     return flags
 
 
-def _read_config_file(path: str) -> dict[str, Any]:
+def read_config_file(path: str) -> dict[str, Any]:
     config_path = Path(path)
     if not config_path.is_file():
         raise UserError("config file not found", path=path)
@@ -60,13 +60,13 @@ def _read_config_file(path: str) -> dict[str, Any]:
 def expand_config_file(argv: list[str]) -> list[str]:
     """Turn ``[config.yaml, --flag, v]`` or ``[--config, config.yaml, ...]`` into plain flags (file first)."""
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
-        return _config_to_flags(_read_config_file(argv[0])) + argv[1:]
+        return _config_to_flags(read_config_file(argv[0])) + argv[1:]
     if "--config" in argv:
         position = argv.index("--config")
         if position + 1 >= len(argv):
             raise UserError("--config needs a file path", field="config")
         rest = argv[:position] + argv[position + 2 :]
-        return _config_to_flags(_read_config_file(argv[position + 1])) + rest
+        return _config_to_flags(read_config_file(argv[position + 1])) + rest
     return argv
 
 
