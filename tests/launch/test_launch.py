@@ -645,3 +645,20 @@ def test_run_mpi_cpu_defaults_to_a_rank_per_four_cores_at_least_one_per_socket(f
     assert ranks >= max(1, cores // 4) and threads == max(1, cores // ranks)
     bad = dry_run("run_mpi_cpu.sh", "x.py", MPIRUN=mpirun, CORES_PER_RANK="four")
     assert bad.returncode == 2 and "CORES_PER_RANK must be a positive integer" in bad.stderr
+
+
+def test_a_rendezvous_that_never_completes_names_where_it_waited(monkeypatch):
+    """Rank 0 of 2 alone: after the timeout one line with the address and port, not torch's traceback."""
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", port)
+    with pytest.raises(UserError) as raised:
+        init_process_group(LaunchEnvironment(0, 2, 0, 2, "torchrun"), "gloo", timeout_s=1)
+    message = str(raised.value)
+    assert message.startswith(f"rank 0 of 2: the rendezvous at 127.0.0.1:{port} did not complete within 1 s (")
+    assert "1/2 clients joined" in message and "\n" not in message
+    assert not dist.is_initialized()
