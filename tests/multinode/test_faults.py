@@ -35,11 +35,13 @@ def flags_for(tiny_model, train_file, *, batch: int, epochs: list[object]) -> li
     return [*lora_flags(tiny_model("llama"), train_file, batch), *epochs, *CHECKPOINTS]
 
 
-def start_both(two_hosts, tmp_path: Path, flags: list[object], *, delay_node1_s: float = 0.0):
+def start_both(two_hosts, logs: Path, flags: list[object], *, delay_node1_s: float = 0.0):
+    """The same torchrun command on node0, then (``delay_node1_s`` later) on node1; logs in ``logs``."""
     node0, node1 = two_hosts
-    jobs = [start_on(node0, torchrun(0, node0, "finetune_clm.py", flags, nproc=1), tmp_path / "node0.log")]
+    logs.mkdir(exist_ok=True)
+    jobs = [start_on(node0, torchrun(0, node0, "finetune_clm.py", flags, nproc=1), logs / "node0.log")]
     time.sleep(delay_node1_s)
-    jobs.append(start_on(node1, torchrun(1, node0, "finetune_clm.py", flags, nproc=1), tmp_path / "node1.log"))
+    jobs.append(start_on(node1, torchrun(1, node0, "finetune_clm.py", flags, nproc=1), logs / "node1.log"))
     return jobs
 
 
@@ -55,8 +57,8 @@ def wait_all_gone(jobs: list[subprocess.Popen], started: float, limit_s: float) 
     return time.monotonic() - started
 
 
-def log_of(tmp_path: Path) -> str:
-    return "".join((tmp_path / f"node{i}.log").read_text(errors="replace") for i in (0, 1))
+def log_of(logs: Path) -> str:
+    return "".join((logs / f"node{i}.log").read_text(errors="replace") for i in (0, 1))
 
 
 def wait_for_checkpoint(output: Path, jobs, step: int, timeout: float = 240) -> None:
@@ -72,7 +74,7 @@ def wait_for_checkpoint(output: Path, jobs, step: int, timeout: float = 240) -> 
 def test_a_fault_ends_every_rank_and_a_rerun_resumes(fault, two_hosts, tiny_model, train_file, one_process, tmp_path):
     output = tmp_path / "out"
     flags = [*flags_for(tiny_model, train_file, batch=1, epochs=EPOCHS), "--output_dir", output]
-    jobs = start_both(two_hosts, tmp_path, flags)
+    jobs = start_both(two_hosts, tmp_path / "fault", flags)
     try:
         wait_for_checkpoint(output, jobs, 4)
         faulted = time.monotonic()
@@ -86,20 +88,20 @@ def test_a_fault_ends_every_rank_and_a_rerun_resumes(fault, two_hosts, tiny_mode
             kill_all(job)
     print(f"{fault}: every rank of both nodes ended {elapsed:.1f} s after the fault")
     codes = [job.returncode for job in jobs]
-    assert all(code != 0 for code in codes), (codes, log_of(tmp_path)[-5000:])
-    assert elapsed <= DDP_TIMEOUT_S + MARGIN_S, log_of(tmp_path)[-5000:]
+    assert all(code != 0 for code in codes), (codes, log_of(tmp_path / "fault")[-5000:])
+    assert elapsed <= DDP_TIMEOUT_S + MARGIN_S, log_of(tmp_path / "fault")[-5000:]
     # No half-written output: nothing final, and the rerun takes the last checkpoint marked complete.
     assert not (output / "adapter_model.safetensors").exists() and not (output / "train_results.json").exists()
     complete = max(int(p.parent.name.split("-")[1]) for p in output.glob("checkpoint-*/checkpoint_complete.json"))
 
     set_link(two_hosts[1], up=True)
-    rerun = start_both(two_hosts, tmp_path, flags)
+    rerun = start_both(two_hosts, tmp_path / "rerun", flags)
     try:
         codes = [job.wait(timeout=300) for job in rerun]
     finally:
         for job in rerun:
             kill_all(job)
-    log = log_of(tmp_path)
+    log = log_of(tmp_path / "rerun")
     assert codes == [0, 0], log[-5000:]
     assert f"resuming from {output / f'checkpoint-{complete}'}" in log
     assert trainer_state(output)["global_step"] == 36
@@ -110,13 +112,13 @@ def test_a_fault_ends_every_rank_and_a_rerun_resumes(fault, two_hosts, tiny_mode
 def test_a_node_that_starts_late_joins(two_hosts, tiny_model, train_file, one_process, tmp_path):
     output = tmp_path / "out"
     flags = [*flags_for(tiny_model, train_file, batch=1, epochs=[]), "--output_dir", output]
-    jobs = start_both(two_hosts, tmp_path, flags, delay_node1_s=5)
+    jobs = start_both(two_hosts, tmp_path / "late", flags, delay_node1_s=5)
     try:
         codes = [job.wait(timeout=300) for job in jobs]
     finally:
         for job in jobs:
             kill_all(job)
-    assert codes == [0, 0], log_of(tmp_path)[-5000:]
+    assert codes == [0, 0], log_of(tmp_path / "late")[-5000:]
     assert trainer_state(output)["global_step"] == 12
     reference = one_process("finetune_clm.py", *flags_for(tiny_model, train_file, batch=2, epochs=[]))
     assert adapter_difference(output, reference) <= FLOAT32_TOLERANCE

@@ -88,7 +88,6 @@ def test_mpirun_across_hosts_equals_one_process(master_addr, two_hosts, tiny_mod
     env = host_env(MASTER_ADDR=node0.address) if master_addr == "exported" else host_env()
     job_flags = [*flags(tiny_model, train_file, "finetune_clm.py", 1), "--output_dir", output]
     log = assert_ok(run_on(node0, mpirun(two_hosts, tmp_path, "finetune_clm.py", job_flags), env=env))
-    assert f"rendezvous at {node0.address}:29500" in log
     single = one_process("finetune_clm.py", *flags(tiny_model, train_file, "finetune_clm.py", 1))
     batch4 = one_process("finetune_clm.py", *flags(tiny_model, train_file, "finetune_clm.py", 4))
     assert_one_job_like_one_process(output, single, batch4, log)
@@ -96,7 +95,8 @@ def test_mpirun_across_hosts_equals_one_process(master_addr, two_hosts, tiny_mod
 
 @pytest.mark.parametrize("launcher", ["mpirun", "torchrun"])
 def test_each_rank_knows_its_host_and_local_rank(launcher, two_hosts, tmp_path):
-    """World rank 2 is local rank 0 on node1: using one for the other fails here (not on one host)."""
+    """World rank 2 is local rank 0 on node1: using one for the other fails here (not on one host). No
+    MASTER_ADDR is exported: under mpirun rank 0's address comes through mpi4py."""
     node0 = two_hosts[0]
     smoke = ["--size_mb", "1", "--iters", "2"]
     if launcher == "mpirun":
