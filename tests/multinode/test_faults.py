@@ -86,8 +86,8 @@ def test_a_fault_ends_every_rank_and_a_rerun_resumes(fault, two_hosts, tiny_mode
     finally:
         for job in jobs:
             kill_all(job)
-    print(f"{fault}: every rank of both nodes ended {elapsed:.1f} s after the fault")
     codes = [job.returncode for job in jobs]
+    print(f"{fault}: every rank of both nodes ended {elapsed:.1f} s after the fault, exit codes {codes}")
     assert all(code != 0 for code in codes), (codes, log_of(tmp_path / "fault")[-5000:])
     assert elapsed <= DDP_TIMEOUT_S + MARGIN_S, log_of(tmp_path / "fault")[-5000:]
     # No half-written output: nothing final, and the rerun takes the last checkpoint marked complete.
@@ -144,7 +144,11 @@ def test_a_node_that_never_comes_ends_the_job_within_the_timeout(launcher, two_h
     print(f"node1 never came ({launcher}): node0 ended after {elapsed:.1f} s, exit {result.returncode}")
     log = result.stdout + result.stderr
     assert result.returncode != 0
-    assert elapsed <= DDP_TIMEOUT_S + 30, log[-3000:]  # + interpreter and model start-up before the wait
+    # The wait itself, as torch measured it; the whole run adds Python's and torch's start-up (up to 35 s here
+    # on a busy 2-core machine).
+    waited = re.search(r"Timed out after (\d+) seconds waiting for clients", log)
+    assert waited and int(waited[1]) <= DDP_TIMEOUT_S + 2, log[-3000:]
+    assert elapsed <= DDP_TIMEOUT_S + 60, log[-3000:]
     if launcher == "torchrun":
         assert "1/2 clients joined" in log, log[-3000:]
     else:
