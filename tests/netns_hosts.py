@@ -7,8 +7,9 @@ maps ``node0`` and ``node1`` to those addresses. Commands run in a host through 
 namespace whose hostname is the host's name, so ``socket.gethostname()`` answers ``node0`` or ``node1`` there,
 as on two machines. Nothing routes out of the namespaces: the veth pair is their only link.
 
-:func:`two_hosts` tears everything down when its block ends, whatever ends it; :func:`remove_stale` removes the
-namespaces of a run that was killed before it could (their pid is gone).
+:func:`two_hosts` tears everything down when its block ends, whatever ends it (the processes still running in the
+hosts included); :func:`remove_stale` removes the namespaces of a run that was killed before it could (their
+pid is gone).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,6 +56,10 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _delete(namespace: str) -> None:
+    """End what still runs inside ``namespace`` (only this harness starts processes there), then remove it."""
+    for pid in _ip("netns", "pids", namespace, check=False).stdout.split():
+        with contextlib.suppress(OSError):
+            os.kill(int(pid), signal.SIGKILL)
     _ip("netns", "delete", namespace, check=False)  # takes its end of the veth pair, and so the pair, with it
     shutil.rmtree(NETNS_ETC / namespace, ignore_errors=True)
 
