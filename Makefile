@@ -6,14 +6,22 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+IMPI ?= .impi
 
-.PHONY: setup demo test test-quick lint mutate
+.PHONY: setup demo test test-quick lint mutate impi
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-ray.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt -r requirements-ray.txt
+	touch $@
+
+# Intel MPI (tests/multinode/test_intel_mpi.py) in a prefix of its own: in .venv its mpirun would replace MPICH's.
+impi: $(IMPI)/.installed
+
+$(IMPI)/.installed: requirements-impi.txt | setup
+	$(BIN)/python -m pip install -q --prefix $(IMPI) -r requirements-impi.txt
 	touch $@
 
 demo: setup
@@ -24,7 +32,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: lint
+test: lint impi
 	$(BIN)/python -m pytest -q
 
 test-quick: setup

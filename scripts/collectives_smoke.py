@@ -6,13 +6,16 @@ Run it the way the fine-tuning scripts are run, before spending hours on a job w
     torchrun --nproc_per_node 2 scripts/collectives_smoke.py --backend gloo
     scripts/run_mpi_cpu.sh -n 4 -ppn 2 -f hostfiles/mpich_hostfile scripts/collectives_smoke.py
 
-Every rank prints one line; rank 0 adds the bandwidth. The exit code is 1 when any rank got a wrong sum.
+Every rank prints one line (its ranks, host and rendezvous address); rank 0 adds the bandwidth. The exit
+code is 1 when any rank got a wrong sum.
 Bus bandwidth applies the ring all-reduce factor 2 (n - 1) / n, as nccl-tests do, so rank counts compare.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -54,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         # Every rank must learn whether any rank failed, or a wrong rank could exit 0 beside a correct one.
         flags = torch.tensor([int(correct)], dtype=torch.int32, device=device)
         dist.all_reduce(flags, op=dist.ReduceOp.MIN)
-        _say(f"{prefix} allreduce={'ok' if correct else 'WRONG'}")
+        # Where this rank runs and met the others: what tells a host that joined from one that did not.
+        where = f"host={socket.gethostname()} rendezvous={os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        _say(f"{prefix} allreduce={'ok' if correct else 'WRONG'} {where}")
         seconds = _time_allreduce(device, args.size_mb, args.iters, args.warmup)
         if launch.is_main_process:
             size = int(args.size_mb * 2**20) // 4 * 4

@@ -208,3 +208,44 @@ def memorized_lora_run(memorized_dir, memorized_base, memorized_train_file) -> P
     )
     assert "packed into" in result.stdout
     return output
+
+
+@pytest.fixture
+def two_hosts():
+    """(node0, node1): two network hosts on this machine (tests/netns_hosts.py), torn down after the test.
+
+    Skipped, with the reason, where namespaces cannot be made (not root, no iproute2).
+    """
+    import netns_hosts
+
+    reason = netns_hosts.unavailable()
+    if reason:
+        pytest.skip(reason)
+    netns_hosts.remove_stale()
+    with netns_hosts.two_hosts() as pair:
+        yield pair
+
+
+@pytest.fixture(scope="session")
+def train_file(tmp_path_factory) -> Path:
+    """The sample_file fixture's 24 records, once a session."""
+    path = tmp_path_factory.mktemp("data") / "train.json"
+    path.write_text(json.dumps(sample_records(24)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def one_process(tmp_path_factory):
+    """``one_process(script, *flags)`` -> output dir of a one-process run (each distinct run once a session)."""
+    done: dict[tuple[str, ...], Path] = {}
+
+    def make(script: str, *flags: object) -> Path:
+        key = (script, *map(str, flags))
+        if key not in done:
+            output = tmp_path_factory.mktemp("one_process")
+            result = run_script(script, *flags, "--output_dir", output)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            done[key] = output
+        return done[key]
+
+    return make

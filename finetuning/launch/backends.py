@@ -173,7 +173,9 @@ def init_process_group(launch: LaunchEnvironment, backend: str | None, *, timeou
 
     accelerate reuses a group that already exists. That is the way to run ``ccl`` on CPU: accelerate's CPU path
     accepts only ``gloo``/``mpi`` as a backend name, and transformers' ``--ddp_backend`` has no ``ccl`` choice,
-    so start the group here and leave ``ddp_backend`` unset.
+    so start the group here and leave ``ddp_backend`` unset. A rendezvous that does not complete within
+    ``timeout_s`` (a node that never came, or cannot reach ``MASTER_ADDR``) is a :class:`UserError` naming
+    the address and port this rank waited on.
     """
     if not launch.is_distributed or backend is None:
         return False
@@ -183,14 +185,28 @@ def init_process_group(launch: LaunchEnvironment, backend: str | None, *, timeou
         return False
     if backend == "ccl":
         importlib.import_module(CCL_MODULE)
-    dist.init_process_group(
-        backend=backend,
-        init_method="env://",
-        rank=launch.rank,
-        world_size=launch.world_size,
-        timeout=timedelta(seconds=timeout_s),
-    )
+    try:
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=launch.rank,
+            world_size=launch.world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )
+    except dist.DistError as error:  # DistStoreError, DistNetworkError: a rank that never came, or no route
+        raise UserError(_rendezvous_failure(launch, timeout_s, error)) from None
     return True
+
+
+def _rendezvous_failure(launch: LaunchEnvironment, timeout_s: float, error: Exception) -> str:
+    """One line for a rendezvous that did not complete: where this rank waited, how long, and torch's reason."""
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"rank {launch.rank} of {launch.world_size}: the rendezvous at {where} did not complete within "
+        f"{timeout_s:g} s ({reason}); check that every node started and can reach {where} "
+        "(scripts/collectives_smoke.py run the same way tests it; --ddp_timeout sets the wait)"
+    )
 
 
 def _major_minor(version: str) -> tuple[int, ...]:

@@ -19,37 +19,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, launch_env, run_script, sample_records
+from conftest import REPO, free_port, launch_env, run_script
+from runs import DETERMINISTIC_LORA, FLOAT32_TOLERANCE, adapter_difference, logged_losses, trainer_state
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 PER_DEVICE_BATCH = 2
-FLOAT32_TOLERANCE = 1e-5
-# Deterministic on every launcher: no dropout, float32 (no --bf16), fixed seed, data in file order.
-TRAINING = (
-    "--do_train",
-    "--peft",
-    "lora",
-    "--lora_dropout",
-    "0",
-    "--max_seq_length",
-    "128",
-    "--num_train_epochs",
-    "1",
-    "--learning_rate",
-    "1e-2",
-    "--seed",
-    "7",
-    "--train_sampling_strategy",
-    "sequential",
-    "--logging_steps",
-    "1",
-    "--save_strategy",
-    "no",
-    "--log_level",
-    "info",
-)
+TRAINING = DETERMINISTIC_LORA
 DATA_REPORT = "train data: 24 samples read"
 
 
@@ -73,31 +50,6 @@ def launch(command: list[str], *args: object, timeout: float = 300):
 
 def assert_ok(result):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-
-
-def trainer_state(output: Path) -> dict:
-    return json.loads((output / "trainer_state.json").read_text())
-
-
-def logged_losses(output: Path) -> list[float]:
-    return [entry["loss"] for entry in trainer_state(output)["log_history"] if "loss" in entry]
-
-
-def adapter_difference(left: Path, right: Path) -> float:
-    """Largest absolute difference between two saved adapters (which must have the same tensors)."""
-    from safetensors.torch import load_file
-
-    a, b = load_file(str(left / "adapter_model.safetensors")), load_file(str(right / "adapter_model.safetensors"))
-    assert a.keys() == b.keys() and a
-    return max((a[name] - b[name]).abs().max().item() for name in a)
-
-
-@pytest.fixture(scope="module")
-def train_file(tmp_path_factory) -> Path:
-    """The sample_file fixture's 24 records, shared by every run of this module."""
-    path = tmp_path_factory.mktemp("data") / "train.json"
-    path.write_text(json.dumps(sample_records(24)), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

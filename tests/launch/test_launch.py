@@ -809,3 +809,20 @@ def test_mpi_launchers_have_a_real_help():
     assert result.returncode == 0
     for option in ("-n, -np NP", "-ppn PER_NODE", "-t, --threads", "--dry-run", "MPIRUN"):
         assert option in result.stdout
+
+
+def test_a_rendezvous_that_never_completes_names_where_it_waited(monkeypatch):
+    """Rank 0 of 2 alone: after the timeout one line with the address and port, not torch's traceback."""
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", port)
+    with pytest.raises(UserError) as raised:
+        init_process_group(LaunchEnvironment(0, 2, 0, 2, "torchrun"), "gloo", timeout_s=1)
+    message = str(raised.value)
+    assert message.startswith(f"rank 0 of 2: the rendezvous at 127.0.0.1:{port} did not complete within 1 s (")
+    assert "1/2 clients joined" in message and "\n" not in message
+    assert not dist.is_initialized()

@@ -1,0 +1,76 @@
+"""Deterministic training flags and comparisons of saved runs, shared by the distributed and multinode tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FLOAT32_TOLERANCE = 1e-5
+# Deterministic under every launcher: no dropout, float32 (no --bf16), fixed seed, data in file order.
+DETERMINISTIC_LORA = (
+    "--do_train",
+    "--peft",
+    "lora",
+    "--lora_dropout",
+    "0",
+    "--max_seq_length",
+    "128",
+    "--num_train_epochs",
+    "1",
+    "--learning_rate",
+    "1e-2",
+    "--seed",
+    "7",
+    "--train_sampling_strategy",
+    "sequential",
+    "--logging_steps",
+    "1",
+    "--save_strategy",
+    "no",
+    "--log_level",
+    "info",
+)
+
+
+def trainer_state(output: Path) -> dict:
+    return json.loads((output / "trainer_state.json").read_text())
+
+
+def logged_losses(output: Path) -> list[float]:
+    return [entry["loss"] for entry in trainer_state(output)["log_history"] if "loss" in entry]
+
+
+def adapter_difference(left: Path, right: Path) -> float:
+    """Largest absolute difference between two saved adapters (which must have the same tensors)."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(left / "adapter_model.safetensors")), load_file(str(right / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and a
+    return max((a[name] - b[name]).abs().max().item() for name in a)
+
+
+def lora_flags(model: Path, train_file: Path, batch: int) -> list[object]:
+    """A deterministic LoRA run of ``model`` on ``train_file`` with ``batch`` per device (no --output_dir)."""
+    return [
+        "--model_name_or_path",
+        model,
+        "--train_file",
+        train_file,
+        "--per_device_train_batch_size",
+        batch,
+        *DETERMINISTIC_LORA,
+    ]
+
+
+def assert_one_job_like_one_process(output: Path, one_batch1: Path, one_batch4: Path, log: str) -> None:
+    """``output`` is one job of 4 ranks (global batch 4): a quarter of the steps of one process with batch 1,
+    and the adapter and per-step losses of one process with batch 4."""
+    import pytest
+
+    assert trainer_state(one_batch1)["global_step"] == 24
+    assert trainer_state(output)["global_step"] == 24 // 4
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in log
+    difference = adapter_difference(output, one_batch4)
+    print(f"adapter max-abs difference to one process with batch 4: {difference:.3g}")
+    assert difference <= FLOAT32_TOLERANCE
+    assert logged_losses(output) == pytest.approx(logged_losses(one_batch4), abs=FLOAT32_TOLERANCE)
