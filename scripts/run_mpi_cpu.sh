@@ -11,12 +11,12 @@
 # Works with Intel MPI, MPICH and Open MPI (detected from `mpirun --version`). The script itself maps MPI's
 # variables (finetuning/launch/environment.py); this wrapper sizes and pins the ranks and sets up each rank's
 # runtime (every choice is printed, and --dry-run prints it without starting anything):
-#   CPU_ALLOCATOR=auto|jemalloc|tcmalloc|none|/path/lib.so  preloaded into every rank (auto: jemalloc, else
-#       tcmalloc, else glibc's); CPU_LIB_DIRS=dir1:dir2 is searched first (e.g. where the Debian packages
-#       libjemalloc2 / libtcmalloc-minimal4 were unpacked), then the Python environment's lib/ and the system's.
-#   CPU_OPENMP=auto|intel|gnu  Intel's OpenMP (libiomp5.so, pip intel-openmp) preloaded with KMP_AFFINITY and
-#       KMP_BLOCKTIME when found (auto), else GNU OpenMP with OMP_PROC_BIND=close OMP_PLACES=cores: one thread
-#       per physical core of the rank's own cores, never a hyper-thread sibling.
+#   CPU_ALLOCATOR=auto|jemalloc|tcmalloc|none|/path/lib.so  preloaded into every rank (auto: tcmalloc, else
+#       jemalloc, else glibc's); CPU_LIB_DIRS=dir1:dir2 is searched first (e.g. where the Debian packages
+#       libtcmalloc-minimal4 / libjemalloc2 were unpacked), then the Python environment's lib/ and the system's.
+#   CPU_OPENMP=auto|intel|gnu  auto and gnu: GNU OpenMP with OMP_PROC_BIND=close OMP_PLACES=cores, one thread per
+#       physical core of the rank's own cores, never a hyper-thread sibling; intel: Intel's OpenMP (libiomp5.so,
+#       pip intel-openmp) preloaded with KMP_AFFINITY and KMP_BLOCKTIME.
 set -euo pipefail
 
 USAGE="Runs \$PYTHON (default python3) SCRIPT.py under \$MPIRUN (default mpirun) with oneCCL and OpenMP set up for CPUs."

@@ -698,25 +698,32 @@ def test_run_mpi_cpu_defaults_to_a_rank_per_four_cores_at_least_one_per_socket(f
     assert bad.returncode == 2 and "CORES_PER_RANK must be a positive integer" in bad.stderr
 
 
-def test_run_mpi_cpu_preloads_the_allocator_and_intel_openmp_it_finds(fake_mpirun, tmp_path):
+def test_run_mpi_cpu_preloads_the_measured_runtime_it_finds(fake_mpirun, tmp_path):
     libs = tmp_path / "unpacked-debs"
     libs.mkdir()
     for name in ("libjemalloc.so.2", "libtcmalloc_minimal.so.4", "libiomp5.so"):
         (libs / name).write_bytes(b"")
-    result = dry_run("run_mpi_cpu.sh", "-n 2 -ppn 2 -t 4 x.py", MPIRUN=fake_mpirun("hydra"), CPU_LIB_DIRS=str(libs))
-    assert result.returncode == 0, result.stderr
-    command = result.stderr.splitlines()[-1].replace("\\,", ",")  # printf %q escapes the commas
-    assert f"-genv LD_PRELOAD {libs}/libjemalloc.so.2:{libs}/libiomp5.so" in command  # jemalloc before tcmalloc
-    assert "-genv KMP_AFFINITY granularity=fine,compact,1,0 -genv KMP_BLOCKTIME 1" in command
-    assert "-genv MALLOC_CONF oversize_threshold:1," in command and "OMP_PROC_BIND" not in command
-    assert f"# CPU runtime: allocator {libs}/libjemalloc.so.2; Intel OpenMP {libs}/libiomp5.so" in result.stderr
-
-    env = {"MPIRUN": fake_mpirun("openmpi"), "CPU_LIB_DIRS": str(libs), "CPU_ALLOCATOR": "tcmalloc"}
-    result = dry_run("run_mpi_cpu.sh", "-n 2 -ppn 2 -t 4 x.py", **env, CPU_OPENMP="gnu")
+    env = {"MPIRUN": fake_mpirun("openmpi"), "CPU_LIB_DIRS": str(libs)}
+    result = dry_run("run_mpi_cpu.sh", "-n 2 -ppn 2 -t 4 x.py", **env)  # auto: tcmalloc, GNU OpenMP pinned
     assert result.returncode == 0, result.stderr
     command = result.stderr.splitlines()[-1]
     assert f"-x LD_PRELOAD={libs}/libtcmalloc_minimal.so.4 " in command and "MALLOC_CONF" not in command
     assert "-x OMP_PROC_BIND=close -x OMP_PLACES=cores" in command and "KMP_" not in command
+
+    result = dry_run(
+        "run_mpi_cpu.sh",
+        "-n 2 -ppn 2 -t 4 x.py",
+        MPIRUN=fake_mpirun("hydra"),
+        CPU_LIB_DIRS=str(libs),
+        CPU_ALLOCATOR="jemalloc",
+        CPU_OPENMP="intel",
+    )
+    assert result.returncode == 0, result.stderr
+    command = result.stderr.splitlines()[-1].replace("\\,", ",")  # printf %q escapes the commas
+    assert f"-genv LD_PRELOAD {libs}/libjemalloc.so.2:{libs}/libiomp5.so" in command
+    assert "-genv KMP_AFFINITY granularity=fine,compact,1,0 -genv KMP_BLOCKTIME 1" in command
+    assert "-genv MALLOC_CONF oversize_threshold:1," in command and "OMP_PROC_BIND" not in command
+    assert f"# CPU runtime: allocator {libs}/libjemalloc.so.2; Intel OpenMP {libs}/libiomp5.so" in result.stderr
 
 
 def test_run_mpi_cpu_without_extra_libraries_pins_gnu_openmp_and_refuses_bad_choices(fake_mpirun, tmp_path):
