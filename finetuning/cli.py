@@ -24,6 +24,12 @@ CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 HELP_ALL = "--help_all"
 
 
+def flag(default: Any, help_text: str, **metadata: Any) -> Any:
+    """A dataclass field that ``HfArgumentParser`` turns into a flag: its default, its ``--help`` text and any
+    other argparse setting (``choices``, ``aliases``), so each flag is declared on one line."""
+    return dataclasses.field(default=default, metadata={"help": help_text, **metadata})
+
+
 def _config_to_flags(config: dict[str, Any]) -> list[str]:
     """Spell a config file's settings as flags, so that flags given after them override them."""
     flags: list[str] = []

@@ -14,8 +14,6 @@ Needs Ray: pip install -r requirements-ray.txt
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import sys
 from pathlib import Path
@@ -40,17 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     require_ray()
     plan = build_plan(arguments, suite_flags)
 
-    # The suite's own parser checks every mapped flag here, so a bad value fails before Ray starts; argparse's
-    # usage text would list flags the user never wrote, so only its last line is kept.
-    usage = io.StringIO()
+    # The suite's own parser checks every mapped flag here, so a bad value fails before Ray starts, in one line
+    # that names the file the value came from.
     try:
-        with contextlib.redirect_stderr(usage):
-            suite = parse_arguments(
-                (ModelArguments, DataArguments, PeftArguments, FinetuneTrainingArguments), plan.flags
-            )
-    except SystemExit:
-        message = usage.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
-        raise UserError(message, path=arguments.config_file or arguments.config_path) from None
+        suite = parse_arguments((ModelArguments, DataArguments, PeftArguments, FinetuneTrainingArguments), plan.flags)
+    except UserError as error:
+        raise UserError(str(error), path=arguments.config_file or arguments.config_path) from None
     resolve_resume_checkpoint(suite[-1])
     report = lambda line: print(f"warning: {line}", file=sys.stderr, flush=True)  # noqa: E731
     for note in plan.notes:

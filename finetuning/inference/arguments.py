@@ -6,9 +6,10 @@ finished run (a base or merged model and/or an adapter) rather than a model to f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from finetuning.cli import flag
 from finetuning.errors import UserError
 
 INFERENCE_DTYPES = ("bfloat16", "float16", "float32")
@@ -20,126 +21,83 @@ class InferenceArguments:
     """What to load, how to prompt it, how to decode, and which modes to run (in the order listed below)."""
 
     # --- loading -----------------------------------------------------------------------------------------
-    base_model_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "A base model, or a full fine-tuned / merged model directory. With --peft_model_path it "
-            "overrides the base named in the adapter's adapter_config.json."
-        },
+    base_model_path: str | None = flag(
+        None,
+        "A base model, or a full fine-tuned / merged model directory. With --peft_model_path it "
+        "overrides the base named in the adapter's adapter_config.json.",
     )
-    peft_model_path: str | None = field(
-        default=None,
-        metadata={"help": "An adapter directory saved by training (adapter_config.json + adapter_model.safetensors)."},
+    peft_model_path: str | None = flag(
+        None, "An adapter directory saved by training (adapter_config.json + adapter_model.safetensors)."
     )
-    tokenizer_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Tokenizer path. Default: the adapter directory's tokenizer if training saved one there "
-            "(it may hold added tokens), else the base model's."
-        },
+    tokenizer_name: str | None = flag(
+        None,
+        "Tokenizer path. Default: the adapter directory's tokenizer if training saved one there "
+        "(it may hold added tokens), else the base model's.",
     )
-    dtype: str | None = field(
-        default=None,
-        metadata={
-            "help": "Weights dtype. Default: float32 on the CPU, bfloat16 on CUDA/XPU.",
-            "choices": INFERENCE_DTYPES,
-        },
+    dtype: str | None = flag(
+        None, "Weights dtype. Default: float32 on the CPU, bfloat16 on CUDA/XPU.", choices=INFERENCE_DTYPES
     )
-    device: str = field(
-        default="auto",
-        metadata={"help": "Where to run: auto picks CUDA, then XPU, then the CPU.", "choices": DEVICES},
+    device: str = flag("auto", "Where to run: auto picks CUDA, then XPU, then the CPU.", choices=DEVICES)
+    trust_remote_code: bool = flag(
+        False, "Run Python code shipped inside the model directory. Off by default: only for models you trust."
     )
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={
-            "help": "Run Python code shipped inside the model directory. Off by default: only for models you trust."
-        },
+    allow_pickle: bool = flag(
+        False,
+        "Allow loading pickled weights (adapter_model.bin, pytorch_model.bin). Unpickling runs "
+        "arbitrary code: only for files you trust. Safetensors are always preferred.",
     )
-    allow_pickle: bool = field(
-        default=False,
-        metadata={
-            "help": "Allow loading pickled weights (adapter_model.bin, pytorch_model.bin). Unpickling runs "
-            "arbitrary code: only for files you trust. Safetensors are always preferred."
-        },
+    prompt_template: str | None = flag(
+        None,
+        "Prompt template: a name (alpaca, llama2, plain) or a .json/.yaml file. Default: the one saved "
+        "at training time (prompt_template.json in the adapter or model directory), else alpaca. Given "
+        "alone, instructions are prompted with it even if the model was trained on chat records.",
     )
-    prompt_template: str | None = field(
-        default=None,
-        metadata={
-            "help": "Prompt template: a name (alpaca, llama2, plain) or a .json/.yaml file. Default: the one saved "
-            "at training time (prompt_template.json in the adapter or model directory), else alpaca. Given "
-            "alone, instructions are prompted with it even if the model was trained on chat records."
-        },
-    )
-    chat_template: str | None = field(
-        default=None,
-        metadata={
-            "help": "Prompt every instruction as a chat user turn, rendered by this named chat template (chatml, "
-            "qwen, llama3, mistral, zephyr, llama2_chat), or by the tokenizer's own with 'tokenizer'. Default: "
-            "what training saved (a model trained on chat records only is prompted as chat)."
-        },
+    chat_template: str | None = flag(
+        None,
+        "Prompt every instruction as a chat user turn, rendered by this named chat template (chatml, "
+        "qwen, llama3, mistral, zephyr, llama2_chat), or by the tokenizer's own with 'tokenizer'. Default: "
+        "what training saved (a model trained on chat records only is prompted as chat).",
     )
 
     # --- modes -------------------------------------------------------------------------------------------
-    merge_and_save: str | None = field(
-        default=None,
-        metadata={
-            "help": "Merge the LoRA (or IA3) adapter into its base and save a standalone model (safetensors), "
-            "its tokenizer and prompt_template.json to this directory."
-        },
+    merge_and_save: str | None = flag(
+        None,
+        "Merge the LoRA (or IA3) adapter into its base and save a standalone model (safetensors), "
+        "its tokenizer and prompt_template.json to this directory.",
     )
-    infer: bool = field(default=False, metadata={"help": "Answer a few built-in sample instructions and print them."})
-    instructions: list[str] | None = field(default=None, metadata={"help": "Answer these instructions and print them."})
-    input_file: str | None = field(
-        default=None,
-        metadata={
-            "help": "Answer every record of a training-format file (.json, .jsonl, .csv; instruction or chat "
-            "records, the output/response field optional); needs --output_file."
-        },
+    infer: bool = flag(False, "Answer a few built-in sample instructions and print them.")
+    instructions: list[str] | None = flag(None, "Answer these instructions and print them.")
+    input_file: str | None = flag(
+        None,
+        "Answer every record of a training-format file (.json, .jsonl, .csv; instruction or chat "
+        "records, the output/response field optional); needs --output_file.",
     )
-    output_file: str | None = field(
-        default=None,
-        metadata={
-            "help": "JSON Lines file for --input_file: each input record plus a 'prediction' field. Written "
-            "atomically (a temporary file renamed into place)."
-        },
+    output_file: str | None = flag(
+        None,
+        "JSON Lines file for --input_file: each input record plus a 'prediction' field. Written "
+        "atomically (a temporary file renamed into place).",
     )
-    batch_size: int = field(
-        default=8, metadata={"help": "Prompts generated together for --input_file, --infer and --instructions."}
+    batch_size: int = flag(8, "Prompts generated together for --input_file, --infer and --instructions.")
+    bench: bool = flag(
+        False,
+        "Benchmark: warm-up, then timed runs over the sample instructions at batch size 1; prints "
+        "first-token latency and new tokens per second.",
     )
-    bench: bool = field(
-        default=False,
-        metadata={
-            "help": "Benchmark: warm-up, then timed runs over the sample instructions at batch size 1; prints "
-            "first-token latency and new tokens per second."
-        },
+    bench_runs: int = flag(3, "--bench: timed passes over the sample instructions.")
+    interactive: bool = flag(
+        False, "Read instructions from stdin, one a line, until EOF or 'exit'; stream each answer."
     )
-    bench_runs: int = field(default=3, metadata={"help": "--bench: timed passes over the sample instructions."})
-    interactive: bool = field(
-        default=False,
-        metadata={"help": "Read instructions from stdin, one a line, until EOF or 'exit'; stream each answer."},
-    )
-    serve: bool = field(
-        default=False,
-        metadata={"help": "Serve the model over HTTP, OpenAI-compatible (see docs/inference.md)."},
-    )
+    serve: bool = flag(False, "Serve the model over HTTP, OpenAI-compatible (see docs/inference.md).")
 
     # --- decoding ----------------------------------------------------------------------------------------
-    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per answer."})
-    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy (or beam) decoding."})
-    temperature: float | None = field(
-        default=None, metadata={"help": "Sampling temperature (needs --do_sample; default 1.0)."}
-    )
-    top_p: float | None = field(
-        default=None, metadata={"help": "Nucleus sampling mass (needs --do_sample; default 1.0)."}
-    )
-    top_k: int | None = field(
-        default=None, metadata={"help": "Sample among the k likeliest tokens (needs --do_sample; default 50, 0: all)."}
-    )
-    repetition_penalty: float = field(
-        default=1.0, metadata={"help": "Penalty (>1) on tokens already in the prompt or the answer; 1.0: none."}
-    )
-    num_beams: int = field(default=1, metadata={"help": "Beam search width; 1: no beam search."})
-    seed: int = field(default=42, metadata={"help": "Random seed (transformers.set_seed), for reproducible sampling."})
+    max_new_tokens: int = flag(128, "Most tokens generated per answer.")
+    do_sample: bool = flag(False, "Sample instead of greedy (or beam) decoding.")
+    temperature: float | None = flag(None, "Sampling temperature (needs --do_sample; default 1.0).")
+    top_p: float | None = flag(None, "Nucleus sampling mass (needs --do_sample; default 1.0).")
+    top_k: int | None = flag(None, "Sample among the k likeliest tokens (needs --do_sample; default 50, 0: all).")
+    repetition_penalty: float = flag(1.0, "Penalty (>1) on tokens already in the prompt or the answer; 1.0: none.")
+    num_beams: int = flag(1, "Beam search width; 1: no beam search.")
+    seed: int = flag(42, "Random seed (transformers.set_seed), for reproducible sampling.")
 
     def __post_init__(self) -> None:
         """Refuse contradictory settings before any model is loaded: a flag must never be silently ignored."""

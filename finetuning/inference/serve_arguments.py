@@ -8,10 +8,11 @@ chat_template, prompt: {intro, human_id, bot_id, stop_words}}``, ``port``, ``rou
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetuning.cli import flag
 from finetuning.data.templates import PromptTemplate
 from finetuning.errors import UserError
 
@@ -22,41 +23,31 @@ API_KEY_ENV = "FINETUNING_API_KEY"
 class ServeArguments:
     """Where and how ``--serve`` listens, batches and deploys."""
 
-    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: every interface)."})
-    port: int = field(default=8000, metadata={"help": "Port to listen on."})
-    served_model_name: str | None = field(
-        default=None,
-        metadata={"help": "The model id clients pass as 'model'. Default: the adapter's, else the model's, folder."},
+    host: str = flag("127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
+    port: int = flag(8000, "Port to listen on.")
+    served_model_name: str | None = flag(
+        None, "The model id clients pass as 'model'. Default: the adapter's, else the model's, folder."
     )
-    api_key: str | None = field(
-        default=None,
-        metadata={"help": f"Require 'Authorization: Bearer KEY' on /v1 routes. Default: ${API_KEY_ENV}, if set."},
+    api_key: str | None = flag(
+        None, f"Require 'Authorization: Bearer KEY' on /v1 routes. Default: ${API_KEY_ENV}, if set."
     )
-    route_prefix: str = field(default="", metadata={"help": "Path prefix of every route, e.g. /custom-model."})
-    max_batch_size: int = field(default=32, metadata={"help": "Most answers generated together in one batch."})
-    batch_wait_ms: float = field(
-        default=5.0,
-        metadata={"help": "A batch waits for more requests while they come this close together (at most 10 waits)."},
+    route_prefix: str = flag("", "Path prefix of every route, e.g. /custom-model.")
+    max_batch_size: int = flag(32, "Most answers generated together in one batch.")
+    batch_wait_ms: float = flag(
+        5.0, "A batch waits for more requests while they come this close together (at most 10 waits)."
     )
-    max_body_bytes: int = field(default=1 << 20, metadata={"help": "Largest request body accepted (413 beyond)."})
-    stop_words: list[str] | None = field(
-        default=None, metadata={"help": "Stop strings for requests that name none (llm-on-ray's prompt.stop_words)."}
+    max_body_bytes: int = flag(1 << 20, "Largest request body accepted (413 beyond).")
+    stop_words: list[str] | None = flag(
+        None, "Stop strings for requests that name none (llm-on-ray's prompt.stop_words)."
     )
-    prompt_format: str | None = field(
-        default=None,
-        metadata={
-            "help": "A prompt layout with {instruction} (and optionally {input}) replacing the saved prompt "
-            "template; llm-on-ray's prompt.intro + human_id + {instruction} + bot_id."
-        },
+    prompt_format: str | None = flag(
+        None,
+        "A prompt layout with {instruction} (and optionally {input}) replacing the saved prompt "
+        "template; llm-on-ray's prompt.intro + human_id + {instruction} + bot_id.",
     )
-    config_file: str | None = field(
-        default=None, metadata={"help": "An llm-on-ray inference.yaml; flags given with it override it."}
-    )
-    ray: bool = field(
-        default=False,
-        metadata={"help": "Deploy on Ray Serve (requirements-ray.txt): RAY_ADDRESS's cluster, else a local Ray."},
-    )
-    num_replicas: int = field(default=1, metadata={"help": "--ray: model replicas behind the route."})
+    config_file: str | None = flag(None, "An llm-on-ray inference.yaml; flags given with it override it.")
+    ray: bool = flag(False, "Deploy on Ray Serve (requirements-ray.txt): RAY_ADDRESS's cluster, else a local Ray.")
+    num_replicas: int = flag(1, "--ray: model replicas behind the route.")
 
     def __post_init__(self) -> None:
         if self.api_key is None:

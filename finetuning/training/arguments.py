@@ -8,11 +8,12 @@ group, log destination), and refuse values that would only fail later with a tra
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+from finetuning.cli import flag
 from finetuning.errors import UserError
 from finetuning.training.flags import LegacyTrainingFlags, ReliabilityFlags, ReportFlags, SpeedFlags
 
@@ -95,10 +96,8 @@ class _SettleOnThisMachine:
 class PredictionFlags:
     """``--do_predict`` for causal LMs: the decoding settings ``Seq2SeqTrainingArguments`` has for seq2seq."""
 
-    generation_max_length: int = field(
-        default=128, metadata={"help": "--do_predict: most new tokens generated per answer."}
-    )
-    generation_num_beams: int = field(default=1, metadata={"help": "--do_predict: beam search width; 1: none."})
+    generation_max_length: int = flag(128, "--do_predict: most new tokens generated per answer.")
+    generation_num_beams: int = flag(1, "--do_predict: beam search width; 1: none.")
 
 
 @dataclass
@@ -121,7 +120,4 @@ class Seq2SeqFinetuneTrainingArguments(
     """``Seq2SeqTrainingArguments`` plus the project's flags and the old ones."""
 
     # transformers' help promises BLEU too; this suite computes ROUGE only (finetuning/training/seq2seq.py).
-    predict_with_generate: bool = field(
-        default=False,
-        metadata={"help": "With --do_eval: generate the responses and score them with ROUGE-1/2/L."},
-    )
+    predict_with_generate: bool = flag(False, "With --do_eval: generate the responses and score them with ROUGE-1/2/L.")

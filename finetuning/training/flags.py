@@ -7,36 +7,32 @@ nothing heavy, so the scripts print their grouped ``--help`` without loading tor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from finetuning.cli import flag
 
 
 @dataclass
 class SpeedFlags:
     """Switches of the project's own speed-ups (finetuning/model/acceleration.py)."""
 
-    auto_optimize: bool = field(
-        default=True,
-        metadata={
-            "help": "Apply the device's safe speed-ups (LoRA inputs kept in bf16; Liger kernels on CUDA when "
-            "installed). Results change only by rounding; False gives the plain Trainer + PEFT path."
-        },
+    auto_optimize: bool = flag(
+        True,
+        "Apply the device's safe speed-ups (LoRA inputs kept in bf16; Liger kernels on CUDA when "
+        "installed). Results change only by rounding; False gives the plain Trainer + PEFT path.",
     )
     # transformers types this field ``str | bool`` and its parser then takes only booleans, so 'non_padding',
     # the one that measures real throughput, could not be asked for from the command line.
-    include_num_input_tokens_seen: str = field(
-        default="no",
-        metadata={
-            "help": "Count the input tokens trained on ('non_padding': without padding; 'all'; 'no'). When on, the "
-            "train metrics include train_steady_tokens_per_second, summed over ranks, first steps left out.",
-            "choices": ["no", "non_padding", "all"],
-        },
+    include_num_input_tokens_seen: str = flag(
+        "no",
+        "Count the input tokens trained on ('non_padding': without padding; 'all'; 'no'). When on, the "
+        "train metrics include train_steady_tokens_per_second, summed over ranks, first steps left out.",
+        choices=["no", "non_padding", "all"],
     )
-    use_ipex: bool = field(
-        default=False,
-        metadata={
-            "help": "Intel CPUs/GPUs: pass the model and optimizer through ipex.optimize. Needs "
-            "intel-extension-for-pytorch built for this torch (requirements-intel.txt); without it, one warning."
-        },
+    use_ipex: bool = flag(
+        False,
+        "Intel CPUs/GPUs: pass the model and optimizer through ipex.optimize. Needs "
+        "intel-extension-for-pytorch built for this torch (requirements-intel.txt); without it, one warning.",
     )
 
 
@@ -44,12 +40,10 @@ class SpeedFlags:
 class ReliabilityFlags:
     """Switches of finetuning/training/reliability.py."""
 
-    skip_nonfinite_batches: bool = field(
-        default=False,
-        metadata={
-            "help": "When a batch's loss is NaN or inf, skip that step's weight update (with a warning) instead of "
-            "stopping the run with an error; the run still stops after 10 such steps in a row."
-        },
+    skip_nonfinite_batches: bool = flag(
+        False,
+        "When a batch's loss is NaN or inf, skip that step's weight update (with a warning) instead of "
+        "stopping the run with an error; the run still stops after 10 such steps in a row.",
     )
 
 
@@ -58,13 +52,11 @@ class ReportFlags:
     """Where the run's logs go besides the run report (finetuning/training/report.py), which is always written."""
 
     # transformers' default is 'none'; None here means "not set", so TensorBoard can be the default where installed.
-    report_to: None | str | list[str] = field(  # noqa: RUF036 (transformers parses this order only)
-        default=None,
-        metadata={
-            "help": "Where to send the logs: 'tensorboard', 'wandb', 'mlflow', ..., 'all' or 'none'. Default: "
-            "'tensorboard' (logs in OUTPUT_DIR/runs) when tensorboard or tensorboardX is installed, else 'none'. "
-            "The run report (loss_curve.png and the README.md model card) is written in every case."
-        },
+    report_to: None | str | list[str] = flag(  # noqa: RUF036 (transformers parses this order only)
+        None,
+        "Where to send the logs: 'tensorboard', 'wandb', 'mlflow', ..., 'all' or 'none'. Default: "
+        "'tensorboard' (logs in OUTPUT_DIR/runs) when tensorboard or tensorboardX is installed, else 'none'. "
+        "The run report (loss_curve.png and the README.md model card) is written in every case.",
     )
 
 
@@ -72,26 +64,17 @@ class ReportFlags:
 class LegacyTrainingFlags:
     """Flags that ``transformers`` 5 dropped but the command lines in use still pass, with their old meaning."""
 
-    evaluation_strategy: str | None = field(
-        default=None, metadata={"help": "Old name of --eval_strategy ('no', 'steps', 'epoch')."}
+    evaluation_strategy: str | None = flag(None, "Old name of --eval_strategy ('no', 'steps', 'epoch').")
+    no_cuda: bool = flag(False, "Old name of --use_cpu: train on the CPU.")
+    xpu_backend: str | None = flag(None, "Old name of --ddp_backend (e.g. 'ccl', 'gloo', 'mpi').")
+    group_by_length: bool = flag(False, "Batch samples of similar length together (less padding).")
+    overwrite_output_dir: bool = flag(
+        False,
+        "Start over in an output_dir that holds a finished run or checkpoints. Without it a finished "
+        "run is never overwritten and an interrupted one resumes.",
     )
-    no_cuda: bool = field(default=False, metadata={"help": "Old name of --use_cpu: train on the CPU."})
-    xpu_backend: str | None = field(
-        default=None, metadata={"help": "Old name of --ddp_backend (e.g. 'ccl', 'gloo', 'mpi')."}
-    )
-    group_by_length: bool = field(
-        default=False, metadata={"help": "Batch samples of similar length together (less padding)."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Start over in an output_dir that holds a finished run or checkpoints. Without it a finished "
-            "run is never overwritten and an interrupted one resumes."
-        },
-    )
-    warmup_ratio: float | None = field(
-        default=None,
-        metadata={"help": "Old spelling of a fractional --warmup_steps: warm up over this share of steps."},
+    warmup_ratio: float | None = flag(
+        None, "Old spelling of a fractional --warmup_steps: warm up over this share of steps."
     )
 
 
