@@ -54,37 +54,21 @@ def build_config(
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    # Llama, Mistral and GPT-NeoX spell their sizes alike; Llama and Mistral also share grouped-query attention.
+    decoder = {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": max_positions,
+        **ids,
+    }
+    grouped = {**decoder, "num_key_value_heads": heads // 2}
     builders = {
-        "llama": lambda: tf.LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=heads // 2,
-            max_position_embeddings=max_positions,
-            **ids,
-        ),
-        "mistral": lambda: tf.MistralConfig(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=heads // 2,
-            max_position_embeddings=max_positions,
-            sliding_window=None,
-            **ids,
-        ),
-        "gpt_neox": lambda: tf.GPTNeoXConfig(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=max_positions,
-            **ids,
-        ),
+        "llama": lambda: tf.LlamaConfig(**grouped),
+        "mistral": lambda: tf.MistralConfig(**grouped, sliding_window=None),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(**decoder),
         "gptj": lambda: tf.GPTJConfig(
             vocab_size=vocab,
             n_embd=hidden,
