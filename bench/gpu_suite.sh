@@ -26,7 +26,7 @@ if [[ $what == fixed || $what == all ]]; then
 fi
 if [[ $what == levers || $what == all ]]; then
   python3 "${b7[@]}" --json "$out/levers.json" --variants \
-    "${LEVER_VARIANTS:-baseline,project,project+noshared,project+nofn,project+noshared+nofn,project+nofuse,project+layercompile,project+adamw,project+noliger,project+noliger+chunkce,project+noliger+layercompile}" \
+    "${LEVER_VARIANTS:-baseline,project,project+shared,project+nofn,project+nofuse,project+layercompile,project+adamw,project+noliger,project+noliger+chunkce,project+noliger+layercompile}" \
     2>&1 | quiet "$out/levers.log"
 fi
 if [[ $what == real || $what == all ]]; then

@@ -137,6 +137,7 @@ class CountingCollator:
 
 LEVER_SWITCHES = {  # variant suffix -> SpeedLevers field and value (finetuning/model/levers.py has the defaults)
     "nofuse": ("fused_lora", False),
+    "shared": ("shared_lora_down", True),
     "noshared": ("shared_lora_down", False),
     "nofn": ("lora_function", False),
     "layercompile": (("compile_layers_cuda", "compile_layers_cpu"), True),

@@ -25,10 +25,10 @@ def test_a_second_row_length_compiles_a_static_kernel_instead_of_a_dynamic_recom
         return real_compile(function, **options)
 
     monkeypatch.setattr(torch, "compile", recording_compile)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # dynamo's default, restored after the test
-    assert compile_flex_attention_per_shape() and compile_flex_attention_per_shape()  # once, then a no-op
+    with torch._dynamo.config.patch(recompile_limit=8):  # dynamo's default; the config is restored after it
+        assert compile_flex_attention_per_shape() and compile_flex_attention_per_shape()  # once, then a no-op
+        assert torch._dynamo.config.recompile_limit >= 32  # 4 lengths x train/eval x a short last batch
     assert compiled == [("flex_attention", False), ("create_block_mask", False)]
-    assert torch._dynamo.config.recompile_limit >= 32  # 4 lengths x train/eval x a short last batch stay compiled
     torch.manual_seed(0)
     config = build_config("llama", tiny_tokenizer)
     flex = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="flex_attention").eval()

@@ -264,13 +264,13 @@ def assert_same_run(output: Path, reference: Path) -> None:
     assert losses[0] == pytest.approx(losses[1], abs=TOLERANCE)
 
 
-# A step's log line as the Trainer prints it: {'loss': '5.919', 'grad_norm': ..., 'epoch': '0.08333'}
-LOGGED_STEP = re.compile(r"\{'loss': [^}]*'epoch': '([0-9.]+)'\}")
+# A step's log line as the run prints it (finetuning/training/console.py): {'step': 7, 'loss': '5.919', ...}
+LOGGED_STEP = re.compile(r"\{'step': (\d+), 'loss': ")
 
 
 def steps_trained(log: str) -> list[int]:
     """The optimizer steps a run took, read from its own log (logging_steps 1: one line per step)."""
-    return [round(float(epoch) * STEPS_PER_EPOCH) for epoch in LOGGED_STEP.findall(log)]
+    return [int(step) for step in LOGGED_STEP.findall(log)]
 
 
 def assert_resumed_to_the_reference(scenario: Scenario, scenarios: dict[str, Scenario], checkpoint: int) -> None:
