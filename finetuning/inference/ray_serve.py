@@ -101,10 +101,18 @@ def shutdown() -> None:
 
 
 def serve_on_ray(args: InferenceArguments, serve_args: ServeArguments) -> dict[str, Any]:
-    url = deploy(args, serve_args)
     stop = threading.Event()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_: stop.set())
+    # Ctrl-C and SIGTERM wait until the handlers below are in place: Ray installs its own while it starts, and a
+    # signal arriving then (a client may already be served before serve.run returns) would abort the process
+    # instead of shutting Serve down. Threads Ray starts meanwhile inherit the mask and never take them either.
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        url = deploy(args, serve_args)
+        for number in signals:
+            signal.signal(number, lambda *_: stop.set())
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     try:
         stop.wait()
     finally:
