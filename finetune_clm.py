@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=PaddingCollator(
-            tokenizer.pad_token_id, lengths=packed_row_lengths(training_args, pack_block_size)
+            tokenizer.pad_token_id, lengths=packed_row_lengths(training_args, pack_block_size, model)
         ),
         processing_class=tokenizer,
     )

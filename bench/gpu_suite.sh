@@ -2,12 +2,13 @@
 # The GPU measurements of docs/performance.md in one device call (the lent machine has no `datasets`,
 # `liger-kernel`, or this project's transformers/peft pins: they travel as wheels in .whl/, and the shared
 # data in .bench/data/). Every table starts with the plain HF Trainer + PEFT baseline of the same run, so the
-# printed ratios are against it. Usage on the device machine:  bash bench/gpu_suite.sh [fixed|levers|real|warmup|all]
+# printed ratios are against it. Usage on the device machine:  bash bench/gpu_suite.sh [fixed|levers|real|warmup|cuda|all]
 #   fixed:  baseline, the peers' switches (Liger, torch.compile, both) on the plain path, the project's defaults
 #   levers: the project with each lever of finetuning/model/levers.py flipped, one at a time
 #   real:   real data padded / naive concatenation / packed
 #   warmup: time to the first optimizer step on the issue's small 4-layer model, each variant in a fresh process
-#           with a fresh inductor cache (cold), then the project once more with the warm cache
+#           with a fresh inductor cache (cold), FlexAttention once more with the warm cache; losses vs the plain path
+#   cuda:   the tests marked cuda (FlashAttention varlen kernel, a packed bf16 memorization run through inference.py)
 set -euo pipefail
 if [[ ! -d .whl ]] && [[ -d ../shared/wheels-gpu ]]; then mkdir -p .whl && cp ../shared/wheels-gpu/*.whl .whl/; fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -32,19 +33,34 @@ fi
 if [[ $what == real || $what == all ]]; then
   python3 bench/train_throughput.py --preset llama7b --device cuda --seq 2048 --batch 4 --padded_batch 8 \
     --steps ${STEPS:-8} --warmup 3 --data real --data_dir .bench/data --layouts naive,packed \
-    --variants "${REAL_VARIANTS:-project,project+nobucket,project+noflex}" \
+    --variants "${REAL_VARIANTS:-project,project+flex,project+sdpa}" \
     --json "$out/real.json" 2>&1 | quiet "$out/real.log"
 fi
 if [[ $what == warmup || $what == all ]]; then
-  for variant in ${WARMUP_VARIANTS:-project+plain project project+nobucket}; do
+  for variant in ${WARMUP_VARIANTS:-project+plain project project+flex}; do
     cache=$(mktemp -d)
     TORCHINDUCTOR_CACHE_DIR=$cache python3 bench/train_throughput.py --preset llama4layer --device cuda --seq 2048 \
       --batch 4 --steps 77 --warmup 3 --data real --data_dir .bench/data --layouts packed --variants "$variant" \
       --json "$out/warmup_${variant//+/_}.json" 2>&1 | quiet "$out/warmup_${variant//+/_}.log"
-    if [[ $variant == project ]]; then  # the same again, compiled kernels now in the on-disk cache
+    if [[ $variant == project+flex ]]; then  # the same again, compiled kernels now in the on-disk cache
       TORCHINDUCTOR_CACHE_DIR=$cache python3 bench/train_throughput.py --preset llama4layer --device cuda --seq 2048 \
-        --batch 4 --steps 77 --warmup 3 --data real --data_dir .bench/data --layouts packed --variants project \
-        --json "$out/warmup_project_warm.json" 2>&1 | quiet "$out/warmup_project_warm.log"
+        --batch 4 --steps 77 --warmup 3 --data real --data_dir .bench/data --layouts packed --variants project+flex \
+        --json "$out/warmup_project_flex_warm.json" 2>&1 | quiet "$out/warmup_project_flex_warm.log"
     fi
   done
+  python3 - "$out" <<'PY'  # first step against the plain path's, and every step's loss against it (80 steps)
+import json, pathlib, sys
+rows = {p.stem[7:]: json.loads(p.read_text())[0] for p in sorted(pathlib.Path(sys.argv[1]).glob("warmup_*.json"))}
+plain = rows.get("project_plain")
+for name, row in rows.items():
+    line = f"{name:22} first step {row['first_step_s']:6.1f} s  {row['tokens_per_s']:9.0f} tokens/s"
+    if plain:
+        diff = max(abs(a - b) for a, b in zip(row["losses"], plain["losses"]))
+        line += f"  {row['first_step_s'] / plain['first_step_s']:5.2f}x plain's first step, max loss diff {diff:.1e} over {len(row['losses'])} steps"
+    print(line)
+PY
+fi
+if [[ $what == cuda || $what == all ]]; then  # the tests that need an NVIDIA GPU (skipped in CI)
+  python3 -m pytest -q -p no:cacheprovider -m cuda tests/model/test_varlen_attention.py tests/e2e/test_e2e_cuda.py 2>&1 \
+    | tail -n 30 | tee "$out/cuda_tests.log"
 fi

@@ -135,6 +135,40 @@ class CountingCollator:
         return self.inner(features)
 
 
+class StepProfiler:
+    """A Trainer callback that profiles two optimizer steps after ``skip`` and prints the operators that took
+    the most time (rank 0). Profiling slows those steps: a ``+profile`` variant's throughput is not comparable."""
+
+    def __init__(self, skip: int, cuda: bool) -> None:
+        import torch
+
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+        self.sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        self.profiler = torch.profiler.profile(
+            activities=activities,
+            schedule=torch.profiler.schedule(wait=max(skip - 1, 0), warmup=1, active=2, repeat=1),
+            on_trace_ready=self.report,
+        )
+
+    def report(self, profiler: Any) -> None:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(profiler.key_averages().table(sort_by=self.sort, row_limit=30, max_name_column_width=60), flush=True)
+
+    def on_train_begin(self, *_args: Any, **_kwargs: Any) -> None:
+        self.profiler.start()
+
+    def on_step_end(self, *_args: Any, **_kwargs: Any) -> None:
+        self.profiler.step()
+
+    def on_train_end(self, *_args: Any, **_kwargs: Any) -> None:
+        self.profiler.stop()
+
+    def __getattr__(self, name: str) -> Any:  # the Trainer calls every on_* event; the others do nothing
+        if name.startswith("on_"):
+            return lambda *_args, **_kwargs: None
+        raise AttributeError(name)
+
+
 LEVER_SWITCHES = {  # variant suffix -> SpeedLevers field and value (finetuning/model/levers.py has the defaults)
     "nofuse": ("fused_lora", False),
     "shared": ("shared_lora_down", True),
@@ -145,6 +179,8 @@ LEVER_SWITCHES = {  # variant suffix -> SpeedLevers field and value (finetuning/
     "chunkce": ("chunked_cross_entropy", True),
     "nochunkce": ("chunked_cross_entropy", False),
     "nobucket": ("packed_length_buckets", 0),
+    "flex": ("packed_attention", "flex"),
+    "sdpa": ("packed_attention", "sdpa"),
 }
 
 
@@ -223,12 +259,11 @@ def run_variant(
     liger_supports = acceleration.liger_supports
     if "noliger" in levers:  # the project's path without Liger (e.g. to weigh the chunked cross-entropy on CUDA)
         acceleration.liger_supports = lambda model_type: False
-    applied = optimize_for_training(
-        model, args, enabled=project and "plain" not in levers, packed=packed and "noflex" not in levers, levers=speed
-    )
+    applied = optimize_for_training(model, args, enabled=project and "plain" not in levers, packed=packed, levers=speed)
     acceleration.liger_supports = liger_supports
     # packed rows padded to the few lengths finetune_clm.py uses where kernels are compiled per shape
-    lengths = packed_row_lengths(args, options.seq, speed) if packed and not pad_to and "plain" not in levers else None
+    bucketed = packed and not pad_to and "plain" not in levers
+    lengths = packed_row_lengths(args, options.seq, model, speed) if bucketed else None
     if "noguard" in levers:  # measure the masked-attention guard by removing it (finetuning.model.acceleration)
         from transformers import AttentionInterface
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -249,7 +284,10 @@ def run_variant(
             if state.global_step in (1, options.warmup, options.warmup + options.steps):
                 marks[str(state.global_step)] = time.perf_counter()
 
-    trainer = Trainer(model=model, args=args, train_dataset=samples, data_collator=collator, callbacks=[Clock()])
+    callbacks: list[Any] = [Clock()]
+    if "profile" in levers:  # where a step's time goes: two steps after the untimed ones, under torch.profiler
+        callbacks.append(StepProfiler(options.warmup, cuda))
+    trainer = Trainer(model=model, args=args, train_dataset=samples, data_collator=collator, callbacks=callbacks)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -266,6 +304,7 @@ def run_variant(
         "seconds": seconds,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
         "first_loss": losses[0] if losses else float("nan"),
+        "losses": losses,  # every step's: compare two variants step by step (bench/gpu_suite.sh warmup)
         # time to the first optimizer step (compilation included) and to the end of the untimed steps
         "first_step_s": marks["1"] - marks["begin"],
         "warmup_s": marks[str(max(options.warmup, 1))] - marks["begin"],
@@ -302,8 +341,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "--variants",
         default="baseline,project",
         help="baseline | project, with +levers: dropout05, liger, compile (HF --torch_compile), plain, bf16w, ckpt, "
-        "noflex, noguard, noliger, adamw (unfused), bN (batch N), and the SpeedLevers switches: "
-        + ", ".join(LEVER_SWITCHES),
+        "noguard, noliger, adamw (unfused), bN (batch N), and the SpeedLevers switches: " + ", ".join(LEVER_SWITCHES),
     )
     parser.add_argument("--work", type=Path, default=REPO / ".bench")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

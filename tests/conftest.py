@@ -70,7 +70,8 @@ def script_env() -> dict[str, str]:
         TOKENIZERS_PARALLELISM="false",
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
-        PYTHONPATH=str(REPO),
+        # the repo first, then whatever the caller's environment adds (a machine's own site of carried wheels)
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
     return env
 

@@ -12,14 +12,16 @@ Users should get a fast run without knowing the switches, and every switch here 
 * LoRA layers run the project's own forward and backward (finetuning/model/lora_fusion.py): the update added
   inside the matrix product, one down-projection for the layers that share an input (q, k, v; gate, up), and a
   hand-written backward that reuses the saved ``x·Aᵀ``.
-* On CUDA, packed blocks attend through FlexAttention: a block-sparse kernel that skips the tiles where one
-  sample would meet another, where SDPA would run a dense masked kernel over the whole block.
+* On CUDA, packed blocks attend through FlashAttention's variable-length kernel (each sample one sequence of
+  a flat batch, nothing compiled; finetuning/model/varlen_attention.py), or FlexAttention where that kernel is
+  missing: both skip what one sample would see of another, where SDPA runs a dense masked kernel over the block.
 * LoRA inputs stay in the autocast dtype. PEFT casts each adapted layer's input to the adapter's float32
   before the adapter's matmul, which autocast immediately casts back to bf16: a full-size float32 copy of
   the activation per adapted layer (memory traffic, and memory kept for backward) that changes nothing.
 * Data-parallel runs skip DDP's unused-parameter search: every trainable parameter is used in every step.
-* On CUDA, Liger kernels where installed and the architecture is covered: fused RMSNorm, RoPE and SwiGLU,
-  and a fused linear + cross-entropy that never materializes the full-vocabulary float32 logits.
+* On CUDA, Liger kernels where installed, the architecture is covered and the model is large enough to gain
+  (``liger_min_parameters``): fused RMSNorm, RoPE and SwiGLU, and a fused linear + cross-entropy that never
+  materializes the full-vocabulary float32 logits.
 
 Each is measured, with the levers that did not pay, in docs/performance.md (bench/train_throughput.py). Which
 of the project's own levers run, and which are off until measured (per-layer ``torch.compile``, chunked
@@ -37,6 +39,7 @@ from finetuning.model.chunked_loss import chunk_cross_entropy
 from finetuning.model.flex_shapes import compile_flex_attention_per_shape
 from finetuning.model.levers import DEFAULT_LEVERS, SpeedLevers
 from finetuning.model.lora_fusion import fuse_lora_updates
+from finetuning.model.varlen_attention import use_varlen_attention
 
 __all__ = ["fuse_lora_updates", "optimize_for_training", "packed_row_lengths"]
 
@@ -135,10 +138,8 @@ def optimize_for_training(
         model, shared_down=levers.shared_lora_down, function=levers.lora_function
     ):
         applied.append("LoRA updates fused into one matrix product")
-    if packed and cuda and use_flex_attention(model):
-        applied.append("FlexAttention over packed blocks")
-        if levers.packed_length_buckets and compile_flex_attention_per_shape():
-            applied.append(f"FlexAttention compiled once per row length ({levers.packed_length_buckets} lengths)")
+    if packed and cuda:
+        applied += packed_attention(model, levers)
     if (training_args.bf16 or training_args.fp16) and keep_lora_inputs_in_compute_dtype(model):
         applied.append("LoRA inputs kept in the autocast dtype")
     if training_args.ddp_find_unused_parameters is None and training_args.world_size > 1:
@@ -147,7 +148,8 @@ def optimize_for_training(
         training_args.ddp_find_unused_parameters = False
         applied.append("DDP without the unused-parameter search")
     model_type = getattr(getattr(model, "config", None), "model_type", "")
-    if cuda and not training_args.use_liger_kernel and liger_supports(model_type):
+    large = sum(parameter.numel() for parameter in model.parameters()) >= levers.liger_min_parameters
+    if cuda and large and not training_args.use_liger_kernel and liger_supports(model_type):
         training_args.use_liger_kernel = True
         applied.append("Liger kernels")
     if levers.chunked_cross_entropy and not training_args.use_liger_kernel and chunk_cross_entropy(model):
@@ -160,12 +162,25 @@ def optimize_for_training(
     return applied
 
 
+def packed_attention(model: Any, levers: SpeedLevers) -> list[str]:
+    """The kernel packed blocks attend through on CUDA (the lever's choice, else the next one that exists)."""
+    if levers.packed_attention == "varlen" and use_varlen_attention(model):
+        return ["FlashAttention variable-length kernel over packed blocks"]
+    if levers.packed_attention in ("varlen", "flex") and use_flex_attention(model):
+        if levers.packed_length_buckets and compile_flex_attention_per_shape():
+            return ["FlexAttention over packed blocks, compiled once per row length"]
+        return ["FlexAttention over packed blocks"]
+    return []
+
+
 def packed_row_lengths(
-    training_args: Any, block: int | None, levers: SpeedLevers = DEFAULT_LEVERS
+    training_args: Any, block: int | None, model: Any, levers: SpeedLevers = DEFAULT_LEVERS
 ) -> tuple[int, ...] | None:
-    """The lengths the collator pads packed rows to where kernels are compiled per shape (FlexAttention on CUDA,
-    ``--torch_compile``); None (any multiple of 128, the least padding) elsewhere or with ``--auto_optimize False``."""
-    compiled = _uses_cuda(training_args) or training_args.torch_compile
+    """The lengths the collator pads packed rows to where kernels are compiled per shape (FlexAttention,
+    ``--torch_compile``); None (any multiple of 128, the least padding) elsewhere or with ``--auto_optimize False``.
+    Call after :func:`optimize_for_training`, which picks the attention."""
+    config = getattr(model, "config", None)
+    compiled = training_args.torch_compile or getattr(config, "_attn_implementation", None) == "flex_attention"
     if not block or not training_args.auto_optimize or not levers.packed_length_buckets or not compiled:
         return None
     return length_buckets(block, levers.packed_length_buckets)

@@ -26,9 +26,17 @@ class SpeedLevers:
     # torch.compile each decoder layer (inductor) on CUDA / on the CPU.
     compile_layers_cuda: bool = False
     compile_layers_cpu: bool = False
+    # Liger kernels (CUDA) only for models at least this large: on a 7B model they train 1.27x faster in 11.6 GiB
+    # less; on the 0.3B 4-layer model they bring no speed and their Triton kernels compile at the first step
+    # (2.25 s against 0.55 s without them, cold; docs/performance.md).
+    liger_min_parameters: int = 1_000_000_000
     # Cross-entropy over the vocabulary in chunks of tokens, never a float32 copy of all logits (no Liger).
     chunked_cross_entropy: bool = False
-    # Packed rows padded to one of this many lengths (fractions of the block): few shapes for compiled kernels.
+    # How packed rows attend on CUDA: "varlen" (FlashAttention's variable-length kernel, nothing compiled),
+    # "flex" (FlexAttention, a block mask and a kernel compiled per row length) or "sdpa" (the per-sample mask).
+    packed_attention: str = "varlen"
+    # Packed rows padded to one of this many lengths (fractions of the block): few shapes for compiled kernels
+    # (FlexAttention, --torch_compile); other runs pad to any multiple of 128.
     packed_length_buckets: int = 4
 
 

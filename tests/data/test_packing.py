@@ -215,12 +215,18 @@ def test_bucket_lengths_apply_where_kernels_are_compiled_per_shape():
     from finetuning.model.acceleration import packed_row_lengths
 
     args = SimpleNamespace(auto_optimize=True, torch_compile=False, use_cpu=True)
-    assert packed_row_lengths(args, 2048) is None  # eager CPU: the least padding wins
+    model = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa"))
+    assert packed_row_lengths(args, 2048, model) is None  # eager: the least padding wins
+    model.config._attn_implementation = "packed_varlen"
+    assert packed_row_lengths(args, 2048, model) is None  # the variable-length kernel takes any length
+    model.config._attn_implementation = "flex_attention"
+    assert packed_row_lengths(args, 2048, model) == (512, 1024, 1536, 2048)  # compiled per length
+    model.config._attn_implementation = "sdpa"
     args.torch_compile = True
-    assert packed_row_lengths(args, 2048) == (512, 1024, 1536, 2048)
-    assert packed_row_lengths(args, None) is None  # not packed
+    assert packed_row_lengths(args, 2048, model) == (512, 1024, 1536, 2048)
+    assert packed_row_lengths(args, None, model) is None  # not packed
     args.auto_optimize = False
-    assert packed_row_lengths(args, 2048) is None
+    assert packed_row_lengths(args, 2048, model) is None
 
 
 # Records whose answer is a function of their own prompt alone: the number to spell out is in the input.
