@@ -1,9 +1,11 @@
-"""Deterministic training flags and comparisons of saved runs, shared by the distributed and multinode tests."""
+"""Deterministic training flags and comparisons of saved runs, shared by the distributed, multinode and
+end-to-end tests."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 FLOAT32_TOLERANCE = 1e-5
 # Deterministic under every launcher: no dropout, float32 (no --bf16), fixed seed, data in file order.
@@ -74,3 +76,24 @@ def assert_one_job_like_one_process(output: Path, one_batch1: Path, one_batch4: 
     print(f"adapter max-abs difference to one process with batch 4: {difference:.3g}")
     assert difference <= FLOAT32_TOLERANCE
     assert logged_losses(output) == pytest.approx(logged_losses(one_batch4), abs=FLOAT32_TOLERANCE)
+
+
+def run_start(base_dir: Path, output: Path, model_class: Any, task_type: str) -> Any:
+    """The float32 model the run saved in ``output`` started from: the base with its untrained adapter (or the
+    base alone for full fine-tuning), rebuilt as the fine-tune scripts build it. They seed every generator while
+    loading the base (finetuning.model.loading.load_model) and PEFT initialises the adapter next, so the same
+    steps here give the same start; the base's dtype does not change what the seeded generators give PEFT."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoConfig, set_seed
+
+    from finetuning.model.arguments import PeftArguments
+    from finetuning.model.peft_setup import apply_peft, build_peft_config
+
+    arguments = json.loads((output / "finetune_args.json").read_text())
+    fields = [field.name for field in dataclasses.fields(PeftArguments) if field.name in arguments]
+    peft_args = PeftArguments(**{name: arguments[name] for name in fields})  # seq2seq has no llama_adapter flags
+    peft_config = build_peft_config(peft_args, AutoConfig.from_pretrained(base_dir), task_type=task_type)
+    set_seed(arguments["seed"])
+    return apply_peft(model_class.from_pretrained(base_dir, dtype=torch.float32), peft_config).eval()

@@ -8,6 +8,7 @@ import re
 
 import pytest
 from conftest import sample_records
+from runs import run_start
 
 ARCHITECTURES = ("llama", "mistral", "gpt_neox", "gptj", "bloom", "opt", "mpt", "gpt2")
 QUICK = ("--per_device_train_batch_size", "4", "--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no")
@@ -254,33 +255,15 @@ def assert_prompt_encoder_trained(output, base_dir) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    start = untrained_ptun_model(base_dir, output)
+    start = run_start(base_dir, output, AutoModelForCausalLM, "CAUSAL_LM")
     trained = load_file(output / "adapter_model.safetensors")["prompt_embeddings"].float()
     moved = float((trained - start.get_prompt_embedding_to_save("default").float()).abs().max())
     assert moved > 1e-3, moved
     tokenizer, records = AutoTokenizer.from_pretrained(output), sample_records(24)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     trained_loss = response_token_loss(peft.PeftModel.from_pretrained(base, output).eval(), tokenizer, records)
-    start_loss = response_token_loss(start.eval(), tokenizer, records)
+    start_loss = response_token_loss(start, tokenizer, records)
     assert trained_loss < start_loss - 2e-3, (trained_loss, start_loss)
-
-
-def untrained_ptun_model(base_dir, output):
-    """The float32 base with the prompt encoder the run in ``output`` started from, built as finetune_clm.py
-    builds it (the base's dtype does not change what the seeded generator gives PEFT)."""
-    import dataclasses
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
-
-    from finetuning.model.arguments import PeftArguments
-    from finetuning.model.peft_setup import apply_peft, build_peft_config
-
-    arguments = json.loads((output / "finetune_args.json").read_text())
-    peft_args = PeftArguments(**{field.name: arguments[field.name] for field in dataclasses.fields(PeftArguments)})
-    peft_config = build_peft_config(peft_args, AutoConfig.from_pretrained(base_dir), task_type="CAUSAL_LM")
-    set_seed(arguments["seed"])
-    return apply_peft(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), peft_config)
 
 
 @pytest.fixture
