@@ -97,3 +97,26 @@ def run_start(base_dir: Path, output: Path, model_class: Any, task_type: str) ->
     peft_config = build_peft_config(peft_args, AutoConfig.from_pretrained(base_dir), task_type=task_type)
     set_seed(arguments["seed"])
     return apply_peft(model_class.from_pretrained(base_dir, dtype=torch.float32), peft_config).eval()
+
+
+def save_lora_adapter(base_path: Path, adapter_dir: Path, *, init_lora_weights: bool = False) -> None:
+    """A LoRA adapter of ``base_path`` with random factors scaled up, so that it changes the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base_path)
+    config = LoraConfig(
+        r=8,
+        lora_alpha=32,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=init_lora_weights,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # random LoRA factors are small: scale them so the adapter changes the answers
+        for name, parameter in peft_model.named_parameters():
+            if "lora_" in name:
+                parameter.mul_(20)
+    peft_model.save_pretrained(adapter_dir)
