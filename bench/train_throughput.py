@@ -129,10 +129,13 @@ class CountingCollator:
 
         self.inner = PaddingCollator(pad_token_id, pad_to_multiple_of, lengths)
         self.tokens: list[int] = []
+        self.positions: list[int] = []  # the same batches' rows x columns, padding included
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         self.tokens.append(sum(len(feature["input_ids"]) for feature in features))
-        return self.inner(features)
+        batch = self.inner(features)
+        self.positions.append(batch["input_ids"].numel())
+        return batch
 
 
 class StepProfiler:
@@ -203,6 +206,7 @@ def run_variant(
     import torch
     from transformers import Trainer, TrainerCallback
 
+    from finetuning.data.samples import IGNORE_INDEX
     from finetuning.model.acceleration import optimize_for_training, packed_row_lengths
     from finetuning.model.arguments import PeftArguments
     from finetuning.model.peft_setup import apply_peft, build_peft_config
@@ -235,7 +239,7 @@ def run_variant(
         output_dir=str(options.work / name),
         per_device_train_batch_size=batch,
         max_steps=options.warmup + options.steps,
-        learning_rate=1e-4,
+        learning_rate=0.0 if "frozen" in levers else options.learning_rate,  # frozen: the untrained reference
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -292,7 +296,8 @@ def run_variant(
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     seconds = marks[str(options.warmup + options.steps)] - marks[str(options.warmup)]
-    tokens = sum(collator.tokens[options.warmup : options.warmup + options.steps])
+    timed = slice(options.warmup, options.warmup + options.steps)
+    tokens = sum(collator.tokens[timed])
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     hidden, _, layers, *_ = PRESETS[options.preset]
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
@@ -301,15 +306,24 @@ def run_variant(
     result = {
         "variant": name,
         "tokens_per_s": world * tokens / seconds,
+        "tokens": tokens,  # non-pad tokens of the timed steps, this process
         "seconds": seconds,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
         "first_loss": losses[0] if losses else float("nan"),
-        "losses": losses,  # every step's: compare two variants step by step (bench/gpu_suite.sh warmup)
+        # every step's loss (logging_steps=1): variants compared step by step (bench/gpu_suite.sh warmup); from the
+        # second step on the adapter has trained
+        "losses": losses,
         # time to the first optimizer step (compilation included) and to the end of the untimed steps
         "first_step_s": marks["1"] - marks["begin"],
         "warmup_s": marks[str(max(options.warmup, 1))] - marks["begin"],
         # a step whose gradient norm is not finite trained nothing (cuDNN attention under masks, see acceleration)
         "finite_grads": all(math.isfinite(e.get("grad_norm", 0.0)) for e in trainer.state.log_history),
+        # the layout's whole data set: every layout of the same samples holds the same tokens
+        "rows": len(samples),
+        "dataset_tokens": sum(len(sample["input_ids"]) for sample in samples),
+        "supervised_tokens": sum(label != IGNORE_INDEX for sample in samples for label in sample["labels"]),
+        # share of the timed batches' positions that are padding
+        "pad_fraction": 1 - tokens / sum(collator.positions[timed]),
         "applied": applied,
         "liger": args.use_liger_kernel,
     }
@@ -331,6 +345,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--lora_rank", type=int, default=16)
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="the smoke test raises it to see learning")
     parser.add_argument("--attn", default=None, help="attention implementation (default sdpa)")
     parser.add_argument("--workers", type=int, default=0, help="dataloader workers")
     parser.add_argument("--data", choices=("fixed", "real"), default="fixed")
@@ -341,7 +356,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "--variants",
         default="baseline,project",
         help="baseline | project, with +levers: dropout05, liger, compile (HF --torch_compile), plain, bf16w, ckpt, "
-        "noguard, noliger, adamw (unfused), bN (batch N), and the SpeedLevers switches: " + ", ".join(LEVER_SWITCHES),
+        "noguard, noliger, adamw (unfused), bN (batch N), frozen (learning rate 0), profile, and the SpeedLevers "
+        "switches: " + ", ".join(LEVER_SWITCHES),
     )
     parser.add_argument("--work", type=Path, default=REPO / ".bench")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

@@ -211,6 +211,41 @@ def memorized_lora_run(memorized_dir, memorized_base, memorized_train_file) -> P
     return output
 
 
+# --- asking a server that serves the memorized adapter (tests/inference/test_serve_memorized.py, test_serve_ray.py)
+
+
+def healthy(base_url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=5) as response:
+            return json.loads(response.read())["status"] == "ok"
+    except OSError:
+        return False
+
+
+def memorized_prompt(record: dict[str, str]) -> str:
+    from finetuning.data.templates import get_template
+
+    return get_template("alpaca").render(record["instruction"], record["input"])
+
+
+def chat_answer(client, instruction: str, stream: bool, model: str = "lora") -> str:
+    messages = [{"role": "user", "content": instruction}]
+    answer = client.chat.completions.create(model=model, messages=messages, temperature=0, stream=stream)
+    if not stream:
+        assert answer.choices[0].finish_reason == "stop"
+        return answer.choices[0].message.content
+    return "".join(chunk.choices[0].delta.content or "" for chunk in answer)
+
+
+def completion_answer(client, record: dict[str, str], stream: bool = False, model: str = "lora") -> str:
+    answer = client.completions.create(model=model, prompt=memorized_prompt(record), max_tokens=48, stream=stream)
+    if not stream:
+        return answer.choices[0].text
+    return "".join(chunk.choices[0].text for chunk in answer)
+
+
 @pytest.fixture
 def two_hosts():
     """(node0, node1): two network hosts on this machine (tests/netns_hosts.py), torn down after the test.

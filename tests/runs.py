@@ -1,9 +1,11 @@
-"""Deterministic training flags and comparisons of saved runs, shared by the distributed and multinode tests."""
+"""Deterministic training flags and comparisons of saved runs, shared by the distributed, multinode and
+end-to-end tests."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 FLOAT32_TOLERANCE = 1e-5
 # Deterministic under every launcher: no dropout, float32 (no --bf16), fixed seed, data in file order.
@@ -74,3 +76,47 @@ def assert_one_job_like_one_process(output: Path, one_batch1: Path, one_batch4: 
     print(f"adapter max-abs difference to one process with batch 4: {difference:.3g}")
     assert difference <= FLOAT32_TOLERANCE
     assert logged_losses(output) == pytest.approx(logged_losses(one_batch4), abs=FLOAT32_TOLERANCE)
+
+
+def run_start(base_dir: Path, output: Path, model_class: Any, task_type: str) -> Any:
+    """The float32 model the run saved in ``output`` started from: the base with its untrained adapter (or the
+    base alone for full fine-tuning), rebuilt as the fine-tune scripts build it. They seed every generator while
+    loading the base (finetuning.model.loading.load_model) and PEFT initialises the adapter next, so the same
+    steps here give the same start; the base's dtype does not change what the seeded generators give PEFT."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoConfig, set_seed
+
+    from finetuning.model.arguments import PeftArguments
+    from finetuning.model.peft_setup import apply_peft, build_peft_config
+
+    arguments = json.loads((output / "finetune_args.json").read_text())
+    fields = [field.name for field in dataclasses.fields(PeftArguments) if field.name in arguments]
+    peft_args = PeftArguments(**{name: arguments[name] for name in fields})  # seq2seq has no llama_adapter flags
+    peft_config = build_peft_config(peft_args, AutoConfig.from_pretrained(base_dir), task_type=task_type)
+    set_seed(arguments["seed"])
+    return apply_peft(model_class.from_pretrained(base_dir, dtype=torch.float32), peft_config).eval()
+
+
+def save_lora_adapter(base_path: Path, adapter_dir: Path, *, init_lora_weights: bool = False) -> None:
+    """A LoRA adapter of ``base_path`` with random factors scaled up, so that it changes the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base_path)
+    config = LoraConfig(
+        r=8,
+        lora_alpha=32,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=init_lora_weights,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # random LoRA factors are small: scale them so the adapter changes the answers
+        for name, parameter in peft_model.named_parameters():
+            if "lora_" in name:
+                parameter.mul_(20)
+    peft_model.save_pretrained(adapter_dir)

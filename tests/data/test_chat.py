@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import REPO
 
-from finetuning.data.chat import encode_chat, end_of_turn_token_ids, render_chat_prompt
+from finetuning.data.chat import chat_only, encode_chat, end_of_turn_token_ids, render_chat_prompt
 from finetuning.data.chat_templates import CHAT_TEMPLATES
 from finetuning.data.encoding import encode_causal_record
 from finetuning.data.samples import IGNORE_INDEX
@@ -229,7 +229,9 @@ def test_tokenizer_own_chat_template_is_used_and_a_named_one_wins(chat_tokenizer
 def test_errors_name_the_flag_to_pass(tiny_tokenizer, chat_tokenizer):
     with pytest.raises(UserError, match="pass --chat_template NAME") as error:
         encode_chat(tiny_tokenizer, CHAT, max_length=512)
-    assert error.value.field == "chat_template" and "chatml" in str(error.value)
+    known = ", ".join(sorted(CHAT_TEMPLATES))
+    message = "chat records need a chat template and the tokenizer has none: pass --chat_template NAME"
+    assert str(error.value) == f"field 'chat_template': {message} (one of {known})" and "chatml, " in known
     with pytest.raises(UserError, match='add it with --special_tokens "<\\|im_start\\|>" "<\\|im_end\\|>"'):
         encode_chat(tiny_tokenizer, CHAT, max_length=512, chat_template="chatml")
     with pytest.raises(UserError, match="'alpaca' is an instruction template"):
@@ -241,6 +243,156 @@ def test_errors_name_the_flag_to_pass(tiny_tokenizer, chat_tokenizer):
     )
     with pytest.raises(UserError, match="cannot be located"):
         encode_chat(tokenizer, CHAT, max_length=512)
+
+
+def test_errors_say_what_is_wrong_and_name_the_field(tiny_tokenizer, chat_tokenizer):
+    """The one-line error names the flag or the record field (finetuning.errors); a bare ValueError would not."""
+    with pytest.raises(UserError, match="'chatml' ends assistant turns with '<\\|im_end\\|>', not a token") as error:
+        encode_chat(tiny_tokenizer, CHAT, max_length=512, chat_template="chatml")
+    assert error.value.field == "chat_template"
+    with pytest.raises(UserError) as error:
+        encode_chat(chat_tokenizer, [SYSTEM, CHAT[0]], max_length=512, chat_template="chatml")
+    assert str(error.value) == "field 'messages': no assistant message: nothing to learn"
+    tokenizer = copy.deepcopy(chat_tokenizer)
+    tokenizer.chat_template = "{{ raise_exception('roles must alternate') }}"
+    with pytest.raises(UserError) as error:
+        encode_chat(tokenizer, CHAT, max_length=512)
+    assert (
+        str(error.value) == "field 'messages': the chat template cannot render this conversation: roles must alternate"
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ '[' + m['content'] + ']' if loop.last else m['content'] }}{% endfor %}"
+    )
+    with pytest.raises(UserError) as error:
+        encode_chat(tokenizer, CHAT, max_length=512)
+    assert str(error.value).startswith("field 'chat_template': the chat template renders the start of a conversation")
+
+
+def test_a_conversation_opened_by_the_assistant_supervises_its_first_answer_after_the_header(chat_tokenizer):
+    """ShareGPT data may start with the model's greeting: the header before it comes from rendering no messages
+    with a generation prompt."""
+    greeting = {"role": "assistant", "content": "Hello."}
+    sample = encode_chat(chat_tokenizer, [greeting, *CHAT[:2]], max_length=512, chat_template="chatml")
+    header = "<|im_start|>assistant\n"
+    parts = [
+        (f"<s>{header}", False),
+        ("Hello.<|im_end|>", True),
+        (f"\n<|im_start|>user\n{CHAT[0]['content']}<|im_end|>\n{header}", False),
+        ("Eight.<|im_end|>", True),
+        ("\n", False),
+    ]
+    assert (sample.input_ids, sample.labels) == expected(chat_tokenizer, parts)
+    # a template that writes BOS itself (as Gemma's does) renders the lone header with the tokenizer's tokens too
+    tokenizer = copy.deepcopy(chat_tokenizer)
+    tokenizer.chat_template = "{{ bos_token }}" + CHAT_TEMPLATES["chatml"].jinja
+    own = encode_chat(tokenizer, [greeting, *CHAT[:2]], max_length=512)
+    assert (own.input_ids, own.labels) == (sample.input_ids, sample.labels)
+
+
+@pytest.fixture(scope="module")
+def word_start_tokenizer():
+    """A SentencePiece-style tokenizer, as Llama 2's: spaces become a word-start mark and the first word of
+    every call gets one, so a piece of the conversation tokenized on its own would start a word where the whole
+    text does not. Trained on the conversation's words; BOS added like the tiny tokenizer's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    model = Tokenizer(models.BPE(unk_token="<unk>"))
+    model.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    model.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    texts = [message["content"] for message in [SYSTEM, *CHAT]] + ["system\nuser\nassistant\n"]
+    specials = ["<s>", "</s>", "<unk>", "<pad>"]
+    model.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=200, special_tokens=specials, show_progress=False))
+    model.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=model, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": CHATML_TOKENS})
+    return tokenizer
+
+
+def test_word_start_tokenizer_pieces_are_the_whole_texts_tokens(word_start_tokenizer, monkeypatch):
+    """Each piece is tokenized after an anchor token that is then dropped, so it gets no word start of its own:
+    the ids are exactly those of the whole rendered text. Tokenizing the pieces alone is caught by the check
+    that they decode back to the conversation."""
+    from finetuning.data import chat
+
+    tokenizer = word_start_tokenizer
+    sample = encode_chat(tokenizer, [SYSTEM, *CHAT], max_length=512, chat_template="chatml")
+    text = render_chat_prompt(tokenizer, [SYSTEM, *CHAT[:3]], "chatml") + "Six.<|im_end|>\n"
+    assert sample.input_ids == ids(tokenizer, text) and sample.input_ids[0] == tokenizer.bos_token_id
+    assert supervised_spans(tokenizer, sample) == ["Eight.<|im_end|>", "Six.<|im_end|>"]
+    alone = chat._tokenize(tokenizer, "Six.", at_start=True)
+    assert tokenizer.convert_ids_to_tokens(alone)[0].startswith("\u2581")  # what the anchor is there to avoid
+    # A template that opens with a plain word, on a tokenizer without BOS: the first piece keeps the word start
+    # the whole text has (later pieces split words, "\nuser", so only the decoded text is the same there).
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = "{% for m in messages %}{{ m['role'] + ' ' + m['content'] + '\\n' }}{% endfor %}"
+    plain.bos_token = None
+    sample = encode_chat(plain, CHAT, max_length=512)
+    whole = ids(plain, "".join(f"{message['role']} {message['content']}\n" for message in CHAT))
+    assert sample.input_ids[:3] == whole[:3] and plain.convert_ids_to_tokens(whole)[0][0] == "\u2581"
+    assert plain.decode(sample.input_ids) == plain.decode(whole)
+    # a character the tokenizer does not know becomes <unk>: the text cannot round-trip, and is not refused
+    unknown = [CHAT[0], {"role": "assistant", "content": "Eight \u03a9."}]
+    sample = encode_chat(tokenizer, unknown, max_length=512, chat_template="chatml")
+    assert supervised_spans(tokenizer, sample) == ["Eight <unk>.<|im_end|>"]
+    monkeypatch.setattr(chat, "_tokenize", lambda tokenizer, text, at_start: ids(tokenizer, text))
+    with pytest.raises(UserError) as error:
+        encode_chat(tokenizer, [SYSTEM, *CHAT], max_length=512, chat_template="chatml")
+    assert str(error.value).startswith("chat pieces do not tokenize back to the conversation: '<s><|im_start|>")
+
+
+def test_a_tokenizer_that_adds_no_bos_gets_none_before_a_named_template(chat_tokenizer):
+    """Qwen's and GPT-2's tokenizers name a BOS token but never add it: nor does the rendering."""
+    from tokenizers import processors
+
+    tokenizer = copy.deepcopy(chat_tokenizer)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+    assert tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][0] != tokenizer.bos_token_id
+    sample = encode_chat(tokenizer, CHAT, max_length=512, chat_template="chatml")
+    assert tokenizer.decode(sample.input_ids).startswith("<|im_start|>user\n")
+    assert render_chat_prompt(tokenizer, CHAT[:1], "chatml").startswith("<|im_start|>user\n")
+
+
+def test_end_of_turn_tokens_are_eos_and_a_marker_only_where_the_tokenizer_has_it(tiny_tokenizer, chat_tokenizer):
+    eos = chat_tokenizer.eos_token_id
+    assert end_of_turn_token_ids(chat_tokenizer, "zephyr") == [eos]  # turns end with EOS: no marker of its own
+    assert end_of_turn_token_ids(tiny_tokenizer, "chatml") == [eos]  # <|im_end|> not added: not a stop token
+    assert end_of_turn_token_ids(chat_tokenizer) == [eos]
+    no_eos = copy.deepcopy(chat_tokenizer)
+    no_eos.eos_token = None
+    assert end_of_turn_token_ids(no_eos, "chatml") == [chat_tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_chat_only_means_every_record_is_a_conversation():
+    assert chat_only([{"messages": CHAT}, {"messages": CHAT[:2]}])
+    assert not chat_only([{"messages": CHAT}, {"instruction": "a", "input": "", "output": "b"}])
+    assert not chat_only([])
+
+
+def test_truncation_keeps_exchanges_whole_with_consecutive_turns_and_drops_the_fewest(chat_tokenizer):
+    """An exchange is every turn up to the assistant's reply(ies): two user turns in a row, or two replies,
+    stay together when older exchanges go. For each window the fewest oldest exchanges are dropped."""
+
+    def encoded(kept, max_length=512):
+        return encode_chat(chat_tokenizer, kept, max_length=max_length, chat_template="chatml")
+
+    def ask(number):
+        return [{"role": "user", "content": f"Question {number}?"}, {"role": "assistant", "content": f"{number}."}]
+
+    first = [{"role": "user", "content": "Hi."}, *ask(0), {"role": "assistant", "content": "Also."}]  # user, user,
+    # assistant, assistant: one exchange
+    exchanges = [first, *(ask(number) for number in range(1, 7))]
+    messages = [SYSTEM, *(message for exchange in exchanges for message in exchange)]
+    full = encoded(messages)
+    assert full.truncated is False and encoded(messages, len(full.input_ids)).truncated is False  # exact fit
+    kept = [encoded([SYSTEM, *(m for exchange in exchanges[dropped:] for m in exchange)]) for dropped in range(7)]
+    for dropped in range(1, 7):
+        for max_length in (len(kept[dropped].input_ids), len(kept[dropped - 1].input_ids) - 1):
+            sample = encoded(messages, max_length)
+            expected_sample = (kept[dropped].input_ids, kept[dropped].labels, True)
+            assert (sample.input_ids, sample.labels, sample.truncated) == expected_sample, (dropped, max_length)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import re
 
 import pytest
 from conftest import sample_records
+from runs import run_start
 
 ARCHITECTURES = ("llama", "mistral", "gpt_neox", "gptj", "bloom", "opt", "mpt", "gpt2")
 QUICK = ("--per_device_train_batch_size", "4", "--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no")
@@ -72,6 +73,19 @@ def assert_run_report(output_dir):
         assert weights.stat().st_mode & 0o044 == 0o044, f"{weights.name} is not readable by others"
 
 
+def assert_every_lora_b_trained(output) -> None:
+    """The legacy command lines train a few steps at 1e-4 and log once (logging_steps 100), too little for the
+    loss to tell. The saved adapter does: LoRA's B starts at zero, and Adam's first step moves every weight with a
+    gradient by about the learning rate, so each adapted layer's B must hold entries of that size (measured: 3.5e-4
+    on llama, 5e-4 on mpt). An adapter saved untrained, or a layer cut off from the gradient, keeps a zero B."""
+    from safetensors.torch import load_file
+
+    arguments = json.loads((output / "finetune_args.json").read_text())
+    weights = load_file(output / "adapter_model.safetensors")
+    moved = {name: float(tensor.float().abs().max()) for name, tensor in weights.items() if "lora_B" in name}
+    assert moved and all(size > arguments["learning_rate"] / 2 for size in moved.values()), moved
+
+
 def test_command_line_1_llama_lora_packed(run, tiny_model, sample_file, tmp_path):
     output = tmp_path / "llama_peft_finetuned_model"
     result = run(
@@ -113,6 +127,7 @@ def test_command_line_1_llama_lora_packed(run, tiny_model, sample_file, tmp_path
     assert_ok(result)
     assert "is_gradient_checkpointing" not in result.stderr  # transformers' deprecation, read by PEFT
     assert_trained_run(output)
+    assert_every_lora_b_trained(output)
     assert "train data: 24 samples read" in result.stdout and "packed into" in result.stdout
 
 
@@ -176,6 +191,7 @@ def test_command_line_2_mpt_with_remote_code_flag_and_separate_tokenizer(run, ti
     )
     assert_ok(result)
     assert_trained_run(output)
+    assert_every_lora_b_trained(output)
     assert "--dataset_concatenation ignored: 'mpt' attention" in result.stdout + result.stderr
 
 
@@ -224,6 +240,30 @@ def test_command_line_3_ptun_with_group_by_length_and_legacy_eval_flag(run, tiny
     assert_ok(result)
     assert_trained_run(output)
     assert "--dataset_concatenation ignored: with --peft ptun" in result.stdout + result.stderr
+    assert_prompt_encoder_trained(output, tiny_model("llama"))
+
+
+def assert_prompt_encoder_trained(output, base_dir) -> None:
+    """The 18 steps at 1e-4 move the logged loss by less than batch-to-batch noise; the saved virtual tokens
+    tell. finetune_clm.py seeds before loading the base and PEFT initialises the prompt encoder next, so the
+    same steps here rebuild the run's start (to 1e-7 when the run's learning rate is 0). Measured: training
+    moved the tokens by 0.54 at most (entries of the start reach 0.28), and their loss on the 24 training
+    records, computed in float32, went from 5.9353 to 5.9286. A rebuilt start that drifted from the run's
+    (another seed or order) would be another random start, with no reason to score worse than the trained one."""
+    import peft
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = run_start(base_dir, output, AutoModelForCausalLM, "CAUSAL_LM")
+    trained = load_file(output / "adapter_model.safetensors")["prompt_embeddings"].float()
+    moved = float((trained - start.get_prompt_embedding_to_save("default").float()).abs().max())
+    assert moved > 1e-3, moved
+    tokenizer, records = AutoTokenizer.from_pretrained(output), sample_records(24)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    trained_loss = response_token_loss(peft.PeftModel.from_pretrained(base, output).eval(), tokenizer, records)
+    start_loss = response_token_loss(start, tokenizer, records)
+    assert trained_loss < start_loss - 2e-3, (trained_loss, start_loss)
 
 
 @pytest.fixture

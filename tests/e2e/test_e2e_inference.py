@@ -18,6 +18,7 @@ import pytest
 from conftest import MEMORIZE as TRAIN
 from conftest import MEMORIZED_RECORDS as RECORDS
 from conftest import REPO, run_script, script_env
+from runs import save_lora_adapter
 
 
 def assert_ok(result):
@@ -310,8 +311,6 @@ def test_missing_model_is_one_line_exit_2_in_a_subprocess(run, tmp_path):
 
 
 def test_adapter_whose_base_is_gone(capsys, tiny_model, tmp_path):
-    from test_generation import save_lora_adapter
-
     base = tmp_path / "base"
     shutil.copytree(tiny_model("llama"), base)
     save_lora_adapter(base, tmp_path / "adapter")
@@ -345,8 +344,6 @@ def test_adapter_whose_base_is_gone(capsys, tiny_model, tmp_path):
     ],
 )
 def test_bad_input_is_one_line_exit_2(case, expected, capsys, tiny_model, tmp_path):
-    from test_generation import save_lora_adapter
-
     llama = tiny_model("llama")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"instruction": "Name a color."}\n', encoding="utf-8")

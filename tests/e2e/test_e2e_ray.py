@@ -24,10 +24,15 @@ from pathlib import Path
 import pytest
 from conftest import REPO, free_port, launch_env, run_script
 from processes import children, environment_of, kill_all, start, wait_for
-from test_e2e_distributed import adapter_difference, assert_ok, trainer_state
+from runs import adapter_difference, trainer_state
 
 pytest.importorskip("ray")
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
 
 # After the YAML, on the command line after `--`: deterministic float32 runs, short enough for CI, and all 24
 # samples trained (no 5% held out): with a count the global batch does not divide, DDP repeats samples to even

@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 from conftest import sample_records
+from runs import save_lora_adapter
 
 from finetuning.data.templates import Rendering, get_template, save_rendering
 from finetuning.errors import UserError
@@ -218,27 +219,6 @@ def test_model_generation_defaults_do_not_override_the_flags(llama):
 
 
 # --- loading, merging ------------------------------------------------------------------------------------
-
-
-def save_lora_adapter(base_path, adapter_dir, *, init_lora_weights=False) -> None:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(base_path)
-    config = LoraConfig(
-        r=8,
-        lora_alpha=32,
-        target_modules=["q_proj", "v_proj", "down_proj"],
-        init_lora_weights=init_lora_weights,
-        task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():  # random LoRA factors are small: scale them so the adapter changes the answers
-        for name, parameter in peft_model.named_parameters():
-            if "lora_" in name:
-                parameter.mul_(20)
-    peft_model.save_pretrained(adapter_dir)
 
 
 def load(**flags):

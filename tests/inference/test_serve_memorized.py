@@ -4,27 +4,15 @@ with exactly what the model memorized: chat and completions, streamed or not, an
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import MEMORIZED_RECORDS as RECORDS
-from conftest import free_port, script_env
+from conftest import chat_answer, completion_answer, free_port, healthy, script_env
 from processes import kill_all, start, wait_for
-
-from finetuning.data.templates import get_template
 
 KEY = "memorized-key"
 pytestmark = pytest.mark.slow
-
-
-def healthy(base_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base_url}/health", timeout=5) as response:
-            return json.loads(response.read())["status"] == "ok"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -43,26 +31,6 @@ def client(memorized_lora_run, tmp_path_factory):
         yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
     finally:
         kill_all(process)
-
-
-def prompt(record: dict[str, str]) -> str:
-    return get_template("alpaca").render(record["instruction"], record["input"])
-
-
-def chat_answer(client, instruction: str, stream: bool, model: str = "lora") -> str:
-    messages = [{"role": "user", "content": instruction}]
-    answer = client.chat.completions.create(model=model, messages=messages, temperature=0, stream=stream)
-    if not stream:
-        assert answer.choices[0].finish_reason == "stop"
-        return answer.choices[0].message.content
-    return "".join(chunk.choices[0].delta.content or "" for chunk in answer)
-
-
-def completion_answer(client, record: dict[str, str], stream: bool = False, model: str = "lora") -> str:
-    answer = client.completions.create(model=model, prompt=prompt(record), max_tokens=48, stream=stream)
-    if not stream:
-        return answer.choices[0].text
-    return "".join(chunk.choices[0].text for chunk in answer)
 
 
 def test_models_list_names_the_adapter(client):

@@ -9,9 +9,8 @@ import time
 
 import pytest
 from conftest import MEMORIZED_RECORDS as RECORDS
-from conftest import free_port, script_env
+from conftest import chat_answer, completion_answer, free_port, healthy, script_env
 from processes import alive, children, kill_all, start, wait_for
-from test_serve_memorized import chat_answer, completion_answer, healthy
 
 pytestmark = pytest.mark.slow
 

@@ -429,3 +429,226 @@ def test_a_sharded_gradient_norm_is_checked_by_its_global_value():
     assert callback._nonfinite.item() == 0
     callback._note(ShardedNorm(float("nan")), nan=2, inf=1)
     assert callback._nonfinite.item() == 2
+
+
+# --- the callback's decisions, driven in-process (the subprocess tests above show them in real runs; these are
+# the ones mutation testing sees) -------------------------------------------------------------------------------
+
+
+class Optimizer:
+    def __init__(self) -> None:
+        self.zeroed = 0
+
+    def zero_grad(self, set_to_none: bool) -> None:
+        assert set_to_none  # parameters left with no gradient are not updated by the optimizer step
+        self.zeroed += 1
+
+
+def hook_args(tmp_path: Path, **overrides) -> SimpleNamespace:
+    values = dict(
+        device="cpu", output_dir=str(tmp_path), should_save=True, skip_nonfinite_batches=False, hub_token=None
+    )
+    return SimpleNamespace(**(values | overrides))
+
+
+def step(callback, args, global_step: int, losses=(1.0,), grad_norm=None, optimizer=None) -> SimpleNamespace:
+    """One optimizer step as the Trainer calls the hooks: micro-batch losses, the norm, then the step's end."""
+    import torch
+
+    for loss in losses:
+        callback._note(torch.tensor(loss), nan=4, inf=3)
+    callback._grad_norm = None if grad_norm is None else torch.tensor(grad_norm)
+    state, control = SimpleNamespace(global_step=global_step), SimpleNamespace(should_save=False)
+    control.should_training_stop = control.should_evaluate = False
+    callback.on_pre_optimizer_step(args, state, control, optimizer=optimizer or Optimizer())
+    state.global_step += 1
+    callback.on_step_end(args, state, control)
+    return control
+
+
+def test_a_nan_or_inf_fails_naming_what_and_the_step_worst_first(tmp_path):
+    from finetuning.training.reliability import ReliabilityCallback
+
+    args = hook_args(tmp_path)
+    callback = ReliabilityCallback()
+    assert step(callback, args, 0, losses=(1.0, 2.0), grad_norm=0.5).should_training_stop is False
+    for losses, grad_norm, what in [
+        ((1.0, float("nan")), 0.5, "loss became nan"),
+        ((float("inf"), float("nan")), float("nan"), "loss became nan"),  # the worst of the step's values
+        ((float("inf"),), float("nan"), "loss became inf"),
+        ((1.0,), float("nan"), "gradient norm became nan"),
+        ((1.0,), float("-inf"), "gradient norm became inf"),
+    ]:
+        with pytest.raises(UserError) as error:
+            step(ReliabilityCallback(), args, 6, losses=losses, grad_norm=grad_norm)
+        assert str(error.value).startswith(f"{what} at step 7; stopped before updating the weights"), what
+        assert str(error.value).endswith("Lower --learning_rate, check the data, or pass --skip_nonfinite_batches")
+
+
+def test_skip_nonfinite_batches_skips_the_update_and_stops_at_ten_in_a_row(tmp_path, caplog):
+    from finetuning.training.reliability import MAX_SKIPPED_IN_A_ROW, ReliabilityCallback
+
+    args, callback, optimizer = hook_args(tmp_path, skip_nonfinite_batches=True), ReliabilityCallback(), Optimizer()
+    with caplog.at_level("WARNING", logger="finetuning"):
+        step(callback, args, 0, losses=(float("nan"),), optimizer=optimizer)
+    assert optimizer.zeroed == 1 and callback.skipped_in_a_row == 1
+    assert "loss became nan at step 1: skipped this step's update (--skip_nonfinite_batches)" in caplog.text
+    step(callback, args, 1, optimizer=optimizer)  # a finite step starts the count again
+    assert optimizer.zeroed == 1 and callback.skipped_in_a_row == 0
+    for number in range(MAX_SKIPPED_IN_A_ROW - 1):
+        step(callback, args, 2 + number, grad_norm=float("inf"), optimizer=optimizer)
+    assert callback.skipped_in_a_row == MAX_SKIPPED_IN_A_ROW - 1 == 9
+    with pytest.raises(UserError, match=r"^gradient norm became inf at step 12, the 10th step in a row; stopped$"):
+        step(callback, args, 11, grad_norm=float("inf"), optimizer=optimizer)
+
+
+def test_a_signal_stops_at_the_step_end_with_a_checkpoint_and_exits_128_plus_it(tmp_path, caplog, capsys):
+    from finetuning.training import reliability
+
+    args = hook_args(tmp_path)
+    callback = reliability.ReliabilityCallback()
+    previous = signal.getsignal(signal.SIGTERM)
+    callback.on_train_begin(args, SimpleNamespace(), SimpleNamespace())
+    try:
+        assert signal.getsignal(signal.SIGTERM) == callback._handle == signal.getsignal(signal.SIGINT)
+        assert not step(callback, args, 0).should_save and callback.stopped_at is None
+        callback._handle(signal.SIGTERM, None)  # only a flag: the step in progress finishes
+        assert callback.signal_received == signal.SIGTERM and callback.stop_signal == 0
+        with caplog.at_level("WARNING", logger="finetuning"):
+            control = step(callback, args, 1)
+        assert control.should_save and control.should_training_stop and callback.stopped_at == 2
+        assert "SIGTERM received: saving a checkpoint at step 2, then stopping" in caplog.text
+        epoch_end = SimpleNamespace(should_save=True, should_evaluate=True)
+        callback.on_epoch_end(args, SimpleNamespace(global_step=2), epoch_end)
+        assert not epoch_end.should_save and not epoch_end.should_evaluate  # saved at the step's end already
+        control = step(callback, args, 2)  # a step more (a Trainer finishing its epoch) stops where it did
+        assert callback.stopped_at == 2
+    finally:
+        callback.on_train_end(args, SimpleNamespace(), SimpleNamespace())
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+    trainer = SimpleNamespace(
+        args=args, callback_handler=SimpleNamespace(callbacks=[object(), callback]), is_world_process_zero=lambda: True
+    )
+    with pytest.raises(SystemExit) as exit_code:
+        reliability.exit_if_stopped(trainer)
+    assert exit_code.value.code == 143
+    resume = f"rerun the same command to resume from {tmp_path / 'checkpoint-2'}"
+    assert capsys.readouterr().err == f"stopped by SIGTERM at step 2, checkpoint saved: {resume}\n"
+    reliability.exit_if_stopped(SimpleNamespace(callback_handler=SimpleNamespace(callbacks=[])))  # none: returns
+    callback.stopped_at = None
+    reliability.exit_if_stopped(trainer)  # not stopped: returns
+
+
+def test_a_finished_run_restores_the_signal_handlers_unless_a_signal_came_after_the_last_step(tmp_path, caplog):
+    from finetuning.training.reliability import ReliabilityCallback
+
+    previous = signal.getsignal(signal.SIGINT)
+    callback = ReliabilityCallback()
+    callback.on_train_begin(hook_args(tmp_path), SimpleNamespace(), SimpleNamespace())
+    assert signal.getsignal(signal.SIGINT) == callback._handle
+    callback.on_train_end(hook_args(tmp_path), SimpleNamespace(), SimpleNamespace())
+    assert signal.getsignal(signal.SIGINT) == previous
+    late = ReliabilityCallback()
+    late.on_train_begin(hook_args(tmp_path), SimpleNamespace(), SimpleNamespace())
+    try:
+        late._handle(signal.SIGINT, None)
+        with caplog.at_level("WARNING", logger="finetuning"):
+            late.on_train_end(hook_args(tmp_path), SimpleNamespace(), SimpleNamespace())
+        message = "SIGINT arrived after the last step: finishing the run; send it again to stop at once"
+        assert message in caplog.text and signal.getsignal(signal.SIGINT) == late._handle  # saving goes on
+    finally:
+        for signum, handler in late._previous.items():
+            signal.signal(signum, handler)
+    assert signal.getsignal(signal.SIGINT) == previous
+
+
+def test_saves_are_marked_complete_and_a_stale_checkpoint_of_this_step_is_unmarked(tmp_path):
+    from finetuning.training.reliability import ReliabilityCallback
+
+    args, callback = hook_args(tmp_path), ReliabilityCallback()
+    stale = fake_checkpoint(tmp_path, 4, complete=True)  # an earlier run's, about to be overwritten
+    callback.on_step_end(args, SimpleNamespace(global_step=4), SimpleNamespace())
+    assert checkpoints.checkpoint_problem(stale) is not None
+    callback.on_save(hook_args(tmp_path, should_save=False), SimpleNamespace(global_step=4), SimpleNamespace())
+    assert checkpoints.checkpoint_problem(stale) is not None  # only the saving process writes markers
+    callback.on_save(args, SimpleNamespace(global_step=4), SimpleNamespace())
+    assert checkpoints.checkpoint_problem(stale) is None and callback.saved == {4}
+    assert json.loads((stale / checkpoints.MARKER).read_text())["global_step"] == 4
+    callback.on_epoch_end(args, SimpleNamespace(global_step=4), SimpleNamespace())  # this run's own: kept
+    assert checkpoints.checkpoint_problem(stale) is None
+    other = fake_checkpoint(tmp_path, 8, complete=True)
+    callback.on_epoch_end(hook_args(tmp_path, should_save=False), SimpleNamespace(global_step=8), SimpleNamespace())
+    assert checkpoints.checkpoint_problem(other) is None  # only the saving process touches markers
+
+
+def test_attach_checks_every_micro_batch_and_keeps_the_hub_token_out_of_saved_arguments(monkeypatch):
+    import torch
+
+    from finetuning.training import reliability
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    callbacks = []
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(hub_token="hf_secret"),
+        callback_handler=SimpleNamespace(callbacks=callbacks),
+        add_callback=callbacks.append,
+        training_step=lambda batch: torch.tensor(batch),
+        _get_grad_norm=lambda *args: torch.tensor(float("inf")),
+    )
+    callback = reliability.attach(trainer)
+    assert callbacks == [callback] and callback.handler is trainer.callback_handler
+    assert trainer.args.hub_token is None and __import__("os").environ["HF_TOKEN"] == "hf_secret"
+    assert trainer.training_step(2.0).item() == 2.0 and callback._nonfinite.item() == 0
+    trainer.training_step(float("nan"))
+    assert callback._nonfinite.item() == 4
+    assert trainer._get_grad_norm().item() == float("inf") and callback._grad_norm.item() == float("inf")
+
+
+def test_a_second_signal_stops_at_once_the_previous_way(tmp_path):
+    from finetuning.training.reliability import ReliabilityCallback
+
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    callback = ReliabilityCallback()
+    callback.on_train_begin(hook_args(tmp_path), SimpleNamespace(), SimpleNamespace())
+    try:
+        signal.raise_signal(signal.SIGINT)
+        assert callback.signal_received == signal.SIGINT and received == []
+        signal.raise_signal(signal.SIGINT)  # the handler before the run's gets it, and is the handler again
+        assert received == [signal.SIGINT] and signal.getsignal(signal.SIGINT) == callback._previous[signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, callback._previous[signal.SIGTERM])
+
+
+def test_overwriting_a_run_unmarks_its_checkpoints_unless_resuming_or_not_the_saving_process(tmp_path):
+    from finetuning.training.reliability import ReliabilityCallback
+
+    def begin(**overrides):
+        values = dict(overwrite_output_dir=True, resume_from_checkpoint=None) | overrides
+        callback = ReliabilityCallback()
+        callback.on_train_begin(hook_args(tmp_path, **values), SimpleNamespace(), SimpleNamespace())
+        callback.on_train_end(hook_args(tmp_path), SimpleNamespace(), SimpleNamespace())
+
+    old = [fake_checkpoint(tmp_path, step, complete=True) for step in (4, 8)]
+    for overrides in ({"overwrite_output_dir": False}, {"resume_from_checkpoint": True}, {"should_save": False}):
+        begin(**overrides)
+        assert all(checkpoints.checkpoint_problem(path) is None for path in old), overrides
+    begin()
+    assert all(checkpoints.checkpoint_problem(path) is not None for path in old)
+    begin(output_dir=str(tmp_path / "new"))  # nothing there yet: nothing to do
+
+
+def test_a_failure_closes_the_progress_bar_so_the_error_is_the_last_line():
+    from finetuning.training.reliability import ReliabilityCallback
+
+    bar = SimpleNamespace(closed=False)
+    bar.close = lambda: setattr(bar, "closed", True)
+    callback = ReliabilityCallback()
+    callback.handler = SimpleNamespace(
+        callbacks=[object(), SimpleNamespace(training_bar=None), SimpleNamespace(training_bar=bar)]
+    )
+    with pytest.raises(UserError, match=r"^loss became nan"):
+        callback._fail("loss became nan at step 1")
+    assert bar.closed
