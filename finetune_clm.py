@@ -49,13 +49,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from finetuning.model.loading import added_token_ids, load_config, load_model, load_tokenizer, resolve_dtype
     from finetuning.model.packing_support import packing_block_size
     from finetuning.model.peft_setup import apply_peft, build_peft_config
-    from finetuning.training import reliability
     from finetuning.training.arguments import FinetuneTrainingArguments
     from finetuning.training.checks import check_run, warn_if_longer_than_model
-    from finetuning.training.ipex import apply_ipex
     from finetuning.training.run import (
         evaluate_and_save,
         log_run_summary,
+        prepare_trainer,
         report_run,
         resolve_resume_checkpoint,
         setup_logging,
@@ -132,8 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ),
         processing_class=tokenizer,
     )
-    reliability.attach(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training
-    apply_ipex(trainer)  # --use_ipex: ipex.optimize where a matching IPEX is installed, else one warning
+    prepare_trainer(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training, --use_ipex
     metrics: dict[str, float] = {}
     if training_args.do_train:
         metrics |= train_and_save(

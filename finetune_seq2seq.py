@@ -54,13 +54,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from finetuning.model.acceleration import optimize_for_training
     from finetuning.model.loading import added_token_ids, load_config, load_model, load_tokenizer, resolve_dtype
     from finetuning.model.peft_setup import apply_peft, build_peft_config
-    from finetuning.training import reliability
     from finetuning.training.arguments import Seq2SeqFinetuneTrainingArguments
     from finetuning.training.checks import check_run
-    from finetuning.training.ipex import apply_ipex
     from finetuning.training.run import (
         evaluate_and_save,
         log_run_summary,
+        prepare_trainer,
         report_run,
         resolve_resume_checkpoint,
         setup_logging,
@@ -145,8 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
         compute_metrics=RougeMetrics(tokenizer) if training_args.predict_with_generate else None,
     )
-    reliability.attach(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training
-    apply_ipex(trainer)  # --use_ipex: ipex.optimize where a matching IPEX is installed, else one warning
+    prepare_trainer(trainer)  # complete checkpoints, clean stop on SIGTERM/SIGINT, no NaN training, --use_ipex
     metrics: dict[str, float] = {}
     if training_args.do_train:
         metrics |= train_and_save(

@@ -88,6 +88,24 @@ def resolve_resume_checkpoint(training_args: Any) -> str | None:
     return checkpoint
 
 
+def prepare_trainer(trainer: Any) -> None:
+    """What every script's Trainer gets before it runs: complete checkpoints, a clean stop on SIGTERM/SIGINT and
+    no training on NaN (reliability), ``--use_ipex``, and TensorBoard events under OUTPUT_DIR/runs."""
+    from transformers.integrations import TensorBoardCallback
+    from transformers.integrations.integration_utils import default_logdir
+
+    from finetuning.training import reliability
+    from finetuning.training.ipex import apply_ipex
+
+    reliability.attach(trainer)
+    apply_ipex(trainer)  # ipex.optimize where a matching IPEX is installed, else one warning
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            # transformers learns the output directory only when training begins: a run that only evaluates or
+            # predicts wrote its events into ./runs of whatever directory it was started from
+            callback.logging_dir = os.path.join(trainer.args.output_dir, default_logdir())
+
+
 def log_run_summary(model: Any, arguments: tuple[Any, ...]) -> None:
     """Log the trainable-parameter count and the resolved configuration once (main process only)."""
     from transformers import TrainingArguments

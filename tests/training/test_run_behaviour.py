@@ -64,3 +64,25 @@ def test_report_to_defaults_to_tensorboard_only_where_it_is_installed(monkeypatc
     assert module._report_destinations("none") == "none"
     monkeypatch.setattr(module, "tensorboard_installed", lambda: False)
     assert module._report_destinations(None) == "none"
+
+
+def test_an_evaluate_only_run_logs_tensorboard_events_under_the_output_dir(tmp_path, monkeypatch, tiny_model):
+    """transformers' TensorBoard callback learns the output directory only when training begins: without
+    prepare_trainer an evaluate-only run wrote its events into ./runs of the directory it started from."""
+    from transformers import AutoModelForCausalLM, Trainer
+
+    from finetuning.training.arguments import tensorboard_installed
+    from finetuning.training.run import prepare_trainer
+
+    if not tensorboard_installed():
+        import pytest
+
+        pytest.skip("neither tensorboard nor tensorboardX is installed")
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = FinetuneTrainingArguments(output_dir=str(tmp_path / "out"), report_to="tensorboard")
+    trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_model("llama")), args=args)
+    prepare_trainer(trainer)
+    trainer.log({"eval_loss": 1.0})
+    assert list((tmp_path / "out" / "runs").glob("*/events.out.tfevents.*"))
+    assert not (tmp_path / "runs").exists()
