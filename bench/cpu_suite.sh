@@ -42,7 +42,7 @@ if [[ $what == levers || $what == all ]]; then
   plain_run 4 baseline baseline_4
   plain_run 8 baseline baseline_8
   launcher_run 4 project project_4
-  for lever in ${CPU_LEVERS:-chunkce layercompile compile shared nofn nofuse}; do
+  for lever in ${CPU_LEVERS:-mathattn chunkce layercompile compile shared nofn nofuse}; do
     launcher_run 4 "project+$lever" "project_4_${lever//+/_}"
   done
 fi
