@@ -18,8 +18,9 @@ class SpeedFlags:
 
     auto_optimize: bool = flag(
         True,
-        "Apply the device's safe speed-ups (LoRA inputs kept in bf16; Liger kernels on CUDA when "
-        "installed). Results change only by rounding; False gives the plain Trainer + PEFT path.",
+        "Apply the device's safe speed-ups (the project's fused LoRA path; LoRA inputs kept in bf16; on CUDA, "
+        "packed rows through FlashAttention's variable-length kernel and Liger kernels when installed). Results "
+        "change only by rounding; False gives the plain Trainer + PEFT path.",
     )
     # transformers types this field ``str | bool`` and its parser then takes only booleans, so 'non_padding',
     # the one that measures real throughput, could not be asked for from the command line.
