@@ -55,26 +55,23 @@ def _boundaries_once_per_forward(position_ids: Any) -> tuple[Any, int]:
 
 
 @functools.cache
-def _kernel_options() -> dict[str, Any] | None:
-    """How this torch release's ``varlen_attn`` is told "causal" (its signature changed between releases)."""
+def _kernel_parameters() -> frozenset[str]:
+    """The keyword parameters of this torch release's ``varlen_attn`` (empty where it has none): how it is told
+    "causal" and whether it takes ``enable_gqa`` changed between releases."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
-        return None
-    parameters = inspect.signature(varlen_attn).parameters
-    if "window_size" in parameters:
-        return {"window_size": (-1, 0)}
-    if "is_causal" in parameters:
-        return {"is_causal": True}
-    return None
+        return frozenset()
+    return frozenset(inspect.signature(varlen_attn).parameters)
 
 
 def flash_varlen(query: Any, key: Any, value: Any, boundaries: Any, longest: int, scale: float | None) -> Any:
     """The kernel: (tokens, heads, dim) query, key and value; key and value may have fewer heads (GQA)."""
     from torch.nn.attention.varlen import varlen_attn
 
-    options = dict(_kernel_options() or {})
-    if "enable_gqa" in inspect.signature(varlen_attn).parameters and key.shape[1] != query.shape[1]:
+    parameters = _kernel_parameters()
+    options: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
+    if "enable_gqa" in parameters and key.shape[1] != query.shape[1]:
         options["enable_gqa"] = True
     return varlen_attn(query, key, value, boundaries, boundaries, longest, longest, scale=scale, **options)
 
@@ -145,7 +142,8 @@ def varlen_available() -> bool:
     """A CUDA device FlashAttention 2 runs on (sm80+) and a torch with ``varlen_attn``."""
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8 and _kernel_options() is not None
+    causal = {"window_size", "is_causal"} & _kernel_parameters()
+    return bool(causal) and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
 def use_varlen_attention(model: Any) -> bool:
