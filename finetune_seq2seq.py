@@ -67,10 +67,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     from finetuning.training.seq2seq import (
         RougeMetrics,
+        decoder_start_token_id,
         require_instruction_records,
         seq2seq_trainer_class,
         settle_seq2seq_arguments,
-        use_per_batch_mean_loss,
+        token_count_loss,
     )
 
     # arguments
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = load_model(
         model_args, AutoModelForSeq2SeqLM, config=config, dtype=dtype, tokenizer=tokenizer, seed=training_args.seed
     )
-    use_per_batch_mean_loss(model)
+    loss = token_count_loss(model)
     model = apply_peft(model, peft_config, gradient_checkpointing=training_args.gradient_checkpointing)
     optimize_for_training(model, training_args, enabled=training_args.auto_optimize)
     log_run_summary(model, arguments)
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=Seq2SeqPaddingCollator(tokenizer.pad_token_id),
+        data_collator=Seq2SeqPaddingCollator(tokenizer.pad_token_id, decoder_start_token_id(model)),
+        compute_loss_func=loss,
         processing_class=tokenizer,
         compute_metrics=RougeMetrics(tokenizer) if training_args.predict_with_generate else None,
     )

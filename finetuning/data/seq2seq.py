@@ -2,8 +2,9 @@
 
 The rendered instruction prompt is the encoder input and the response is the decoder target, so the two sides
 are tokenized and truncated separately (``--max_source_length``, ``--max_target_length``) and no label ever
-needs masking inside a sequence: every target position is in the loss. The model builds its decoder inputs
-by shifting the labels right behind ``decoder_start_token_id``; the target is the response as the model's
+needs masking inside a sequence: every target position is in the loss. The decoder inputs are the labels
+shifted right behind ``decoder_start_token_id`` (built here, so that the loss can be computed outside the
+model, normalized over a whole optimizer step); the target is the response as the model's
 tokenizer writes it (BART's with a leading ``<s>``, T5's without) and always ends with EOS.
 """
 
@@ -68,13 +69,16 @@ def encode_seq2seq_record(
 
 @dataclass
 class Seq2SeqPaddingCollator:
-    """Right-pads encoder inputs with the pad id (and masks them) and labels with the ignore index.
+    """Right-pads encoder inputs with the pad id (and masks them) and labels with the ignore index; builds the
+    decoder inputs (the labels shifted right behind ``decoder_start_token_id``, padded with the pad id), as
+    T5 and BART build them from labels, so that the model needs no labels to compute the logits.
 
     The two sides are padded to their own longest member. Labels are padded by position, never rebuilt from
     ids: where pad == EOS, masking "every pad token" would erase the supervised EOS.
     """
 
     pad_token_id: int
+    decoder_start_token_id: int
     pad_to_multiple_of: int | None = None
 
     def _padded(self, length: int) -> int:
@@ -87,11 +91,19 @@ class Seq2SeqPaddingCollator:
 
         source_length = self._padded(max(len(feature["input_ids"]) for feature in features))
         target_length = self._padded(max(len(feature["labels"]) for feature in features))
-        batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+        batch: dict[str, list[list[int]]] = {
+            "input_ids": [],
+            "attention_mask": [],
+            "labels": [],
+            "decoder_input_ids": [],
+        }
         for feature in features:
             source, target = list(feature["input_ids"]), list(feature["labels"])
             padding = source_length - len(source)
             batch["input_ids"].append(source + [self.pad_token_id] * padding)
             batch["attention_mask"].append([1] * len(source) + [0] * padding)
-            batch["labels"].append(target + [IGNORE_INDEX] * (target_length - len(target)))
+            labels = target + [IGNORE_INDEX] * (target_length - len(target))
+            batch["labels"].append(labels)
+            shifted = [self.decoder_start_token_id, *labels[:-1]]
+            batch["decoder_input_ids"].append([self.pad_token_id if t == IGNORE_INDEX else t for t in shifted])
         return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}

@@ -8,9 +8,11 @@ and scores generated text with ROUGE.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from finetuning.data.samples import IGNORE_INDEX
 from finetuning.data.scoring import score_answers
 from finetuning.errors import UserError
 
@@ -68,16 +70,44 @@ def seq2seq_trainer_class() -> type:
     return MixedPrecisionSeq2SeqTrainer
 
 
-def use_per_batch_mean_loss(model: Any) -> None:
-    """Make the Trainer scale T5/BART-style losses correctly under gradient accumulation and data parallelism.
-
-    These models' ``forward`` takes ``**kwargs``, so the Trainer assumes their loss is a sum divided by
-    ``num_items_in_batch`` (the token count of all micro-batches on all ranks), skips dividing it by the
-    accumulation steps and multiplies it by the world size; but they return a per-batch mean whatever they are
-    given, so loss and gradients would come out multiplied by both. ``accepts_loss_kwargs`` is the model
-    attribute the Trainer reads instead of guessing (it sees through PEFT wrappers to this model).
+def token_count_loss(model: Any) -> Callable[..., Any]:
+    """The loss for the Trainer's ``compute_loss_func``: cross-entropy summed over the supervised target tokens
+    and divided by their count over every micro-batch of the optimizer step on every rank (the Trainer's
+    ``num_items_in_batch``), as the causal path's models do. T5 and BART return a per-batch mean instead, so a
+    short target weighed as much as a long one and 2 ranks (or 2 accumulation steps) did not train what one
+    process with the same global batch trains. The Trainer then neither divides by the accumulation steps nor
+    skips multiplying by the world size; ``num_items_in_batch`` is kept out of the model's ``forward``, which
+    would ignore it (``accepts_loss_kwargs``, read through PEFT wrappers). Needs the decoder inputs in the batch
+    (:class:`finetuning.data.seq2seq.Seq2SeqPaddingCollator`): the Trainer hands labels to this function only.
     """
     model.accepts_loss_kwargs = False
+    return summed_over_supervised_tokens
+
+
+def decoder_start_token_id(model: Any) -> int:
+    """The token the decoder inputs start with (T5: the pad id; BART: ``</s>``), as the model itself reads it."""
+    for source in (model.config, getattr(model, "generation_config", None)):
+        value = getattr(source, "decoder_start_token_id", None)
+        if value is not None:
+            return value
+    raise UserError(
+        f"'{model.config.model_type}' names no decoder_start_token_id: its decoder inputs cannot be built",
+        field="model_name_or_path",
+    )
+
+
+def summed_over_supervised_tokens(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """Cross-entropy over the labels that are not ignored, divided by ``num_items_in_batch`` (their own count
+    when the Trainer gives none, as in evaluation)."""
+    import torch
+
+    logits = outputs["logits"]
+    labels = labels.to(logits.device)
+    total = torch.nn.functional.cross_entropy(
+        logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else labels.ne(IGNORE_INDEX).sum()
+    return total / count
 
 
 def settle_seq2seq_arguments(model_config: Any, data_args: Any, training_args: Any) -> None:

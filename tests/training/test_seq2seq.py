@@ -21,9 +21,11 @@ from finetuning.model.peft_setup import apply_peft, build_peft_config
 from finetuning.training.seq2seq import (
     RougeMetrics,
     decode_ids,
+    decoder_start_token_id,
     require_instruction_records,
     settle_seq2seq_arguments,
-    use_per_batch_mean_loss,
+    summed_over_supervised_tokens,
+    token_count_loss,
 )
 
 RECORD = {"instruction": "Reverse the letters of the word.", "input": "apple", "output": "elppa and more text"}
@@ -136,7 +138,7 @@ def test_data_report_counts_every_target_token(tiny_tokenizer, tmp_path):
 
 def test_collator_pads_each_side_to_its_own_length_and_labels_by_position():
     eos = 1
-    collator = Seq2SeqPaddingCollator(pad_token_id=eos)  # pad == EOS on purpose: EOS labels must survive
+    collator = Seq2SeqPaddingCollator(pad_token_id=eos, decoder_start_token_id=0)  # pad == EOS: EOS labels survive
     batch = collator(
         [
             {"input_ids": [5, 6, 7], "labels": [8, eos]},
@@ -146,11 +148,13 @@ def test_collator_pads_each_side_to_its_own_length_and_labels_by_position():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, eos, eos]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[8, eos, IGNORE_INDEX, IGNORE_INDEX], [9, 9, 9, eos]]
+    assert batch["decoder_input_ids"].tolist() == [[0, 8, eos, eos], [0, 9, 9, 9]]  # labels shifted right, padded
     assert all(tensor.dtype == torch.long for tensor in batch.values())
 
 
 def test_collator_rounds_up_to_a_multiple():
-    batch = Seq2SeqPaddingCollator(pad_token_id=0, pad_to_multiple_of=4)([{"input_ids": [5], "labels": [6, 7]}])
+    collator = Seq2SeqPaddingCollator(pad_token_id=0, decoder_start_token_id=0, pad_to_multiple_of=4)
+    batch = collator([{"input_ids": [5], "labels": [6, 7]}])
     assert batch["input_ids"].tolist() == [[5, 0, 0, 0]]
     assert batch["labels"].tolist() == [[6, 7, IGNORE_INDEX, IGNORE_INDEX]]
 
@@ -246,7 +250,7 @@ def load_t5(path):
 def tiny_batch(tokenizer):
     records = sample_records(2)
     features = [encode(tokenizer, record, source=64, target=16) for record in records]
-    return Seq2SeqPaddingCollator(tokenizer.pad_token_id)(features)
+    return Seq2SeqPaddingCollator(tokenizer.pad_token_id, tokenizer.pad_token_id)(features)  # T5 starts with pad
 
 
 @pytest.mark.parametrize("method", ADAPTER_METHODS)
@@ -282,13 +286,46 @@ def test_full_fine_tuning_and_llama_adapter(tiny_model):
 
 
 @pytest.mark.parametrize("method", ["none", "lora", "prompt"])
-def test_trainer_neither_multiplies_nor_skips_averaging_the_t5_loss(method, tiny_model, tmp_path):
+def test_accumulated_micro_batches_train_what_one_batch_of_them_trains(method, tiny_model, tiny_tokenizer, tmp_path):
+    """The loss is summed over target tokens and divided by their count over the whole optimizer step
+    (token_count_loss), so two micro-batches of one sample each (or two ranks) take the same step as one batch of
+    both. With the models' own per-batch mean the short target weighs as much as the long one: the two updates
+    then differ by 100% of their size (relative norm, measured without clipping), against a tolerance of 1e-5."""
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-    base = load_t5(tiny_model("t5"))
-    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
-    assert Seq2SeqTrainer(model=base, args=args).model_accepts_loss_kwargs  # the transformers guess this fixes
-    use_per_batch_mean_loss(base)
-    config = build_peft_config(PeftArguments(peft=method), base.config, task_type="SEQ_2_SEQ_LM")
-    trainer = Seq2SeqTrainer(model=apply_peft(base, config), args=args)
-    assert trainer.model_accepts_loss_kwargs is False
+    long, short = dict(RECORD, output="one two three four five six seven eight nine ten"), dict(RECORD, output="x")
+    samples = [encode(tiny_tokenizer, record, target=16) for record in (long, short)]
+    assert len(samples[0]["labels"]) > 4 * len(samples[1]["labels"])
+
+    def one_step(batch: int, accumulation: int) -> dict[str, torch.Tensor]:
+        from transformers import AutoModelForSeq2SeqLM
+
+        base = AutoModelForSeq2SeqLM.from_pretrained(tiny_model("t5"), dropout_rate=0.0)  # same forward both ways
+        torch.manual_seed(0)
+        model = apply_peft(base, build_peft_config(PeftArguments(peft=method), base.config, task_type="SEQ_2_SEQ_LM"))
+        loss = token_count_loss(model)
+        start = decoder_start_token_id(model)
+        args = Seq2SeqTrainingArguments(
+            output_dir=str(tmp_path / f"{batch}x{accumulation}"),
+            **dict(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=1),
+            **dict(optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", report_to=[], use_cpu=True),
+            **dict(train_sampling_strategy="sequential", save_strategy="no", disable_tqdm=True),
+        )
+        collator = Seq2SeqPaddingCollator(tiny_tokenizer.pad_token_id, decoder_start_token_id=start)
+        Seq2SeqTrainer(
+            model=model, args=args, train_dataset=samples, data_collator=collator, compute_loss_func=loss
+        ).train()
+        return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    accumulated, together = one_step(1, 2), one_step(2, 1)
+    for name, value in together.items():
+        torch.testing.assert_close(accumulated[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_decoder_inputs_are_the_models_own_shift_of_the_labels(tiny_model, tiny_tokenizer):
+    model = load_t5(tiny_model("t5"))
+    batch = tiny_batch(tiny_tokenizer)
+    assert decoder_start_token_id(model) == tiny_tokenizer.pad_token_id
+    assert batch["decoder_input_ids"].tolist() == model.prepare_decoder_input_ids_from_labels(batch["labels"]).tolist()
+    summed = summed_over_supervised_tokens(model(**batch), batch["labels"])
+    assert summed.item() == pytest.approx(model(**batch).loss.item(), rel=1e-6)  # one batch: the plain mean
