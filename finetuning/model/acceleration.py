@@ -39,6 +39,7 @@ from finetuning.model.chunked_loss import chunk_cross_entropy
 from finetuning.model.flex_shapes import compile_flex_attention_per_shape
 from finetuning.model.levers import DEFAULT_LEVERS, SpeedLevers
 from finetuning.model.lora_fusion import fuse_lora_updates
+from finetuning.model.peft_setup import count_parameters
 from finetuning.model.varlen_attention import use_varlen_attention
 
 __all__ = ["fuse_lora_updates", "optimize_for_training", "packed_row_lengths"]
@@ -148,8 +149,12 @@ def optimize_for_training(
         training_args.ddp_find_unused_parameters = False
         applied.append("DDP without the unused-parameter search")
     model_type = getattr(getattr(model, "config", None), "model_type", "")
-    large = sum(parameter.numel() for parameter in model.parameters()) >= levers.liger_min_parameters
-    if cuda and large and not training_args.use_liger_kernel and liger_supports(model_type):
+    if (
+        cuda
+        and not training_args.use_liger_kernel
+        and liger_supports(model_type)
+        and count_parameters(model)[1] >= levers.liger_min_parameters
+    ):
         training_args.use_liger_kernel = True
         applied.append("Liger kernels")
     if levers.chunked_cross_entropy and not training_args.use_liger_kernel and chunk_cross_entropy(model):
