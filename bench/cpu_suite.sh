@@ -3,16 +3,16 @@
 # the plain HF Trainer + PEFT recipe under plain mpirun (the best rows), then the project through
 # scripts/run_mpi_cpu.sh (the launcher users type: allocator, OpenMP runtime and pinning chosen there) with
 # each lever flipped, and a ratio table against the best baseline row of this same call.
-#   Usage: bash bench/cpu_suite.sh [levers|runtime|splits|compile|real|all]
+#   Usage: bash bench/cpu_suite.sh [levers|runtime|splits|compile|coldwarm|real|all]
 # Optional: jemalloc / tcmalloc / Intel OpenMP carried beside the run: CPU_LIB_DIRS=dir1:dir2 (Debian .deb
 # files unpacked with `dpkg -x`, or `pip install --target` of intel-openmp); .whl/ wheels are installed first.
 set -uo pipefail
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
-# Carried runtimes: .debs/libjemalloc2*.deb, .debs/libtcmalloc-minimal4*.deb (apt-get download) and
+# Carried runtimes: .bench/debs/libjemalloc2*.deb, .bench/debs/libtcmalloc-minimal4*.deb (apt-get download) and
 # .whl/intel_openmp-*.whl (pip download intel-openmp; its libiomp5.so is a data file of the wheel)
-for deb in .debs/*.deb; do [[ -e $deb ]] && dpkg -x "$deb" /tmp/cpu-libs; done
+for deb in .bench/debs/*.deb; do [[ -e $deb ]] && dpkg -x "$deb" /tmp/cpu-libs; done
 for wheel in .whl/intel_openmp-*.whl; do [[ -e $wheel ]] && python3 -m zipfile -e "$wheel" /tmp/cpu-libs/iomp; done
 iomp_dir=$(dirname "$(ls /tmp/cpu-libs/iomp/*.data/data/lib/libiomp5.so 2>/dev/null | head -n 1)" 2>/dev/null)
 export CPU_LIB_DIRS=${CPU_LIB_DIRS:-/tmp/cpu-libs/usr/lib/x86_64-linux-gnu:${iomp_dir:-/tmp/site/lib}}
@@ -31,11 +31,12 @@ plain_run() {  # ranks, variants, json name: the issue's plain recipe, Open MPI 
     --map-by "ppr:$ranks:node:PE=$t" --bind-to core $py "${b[@]}" --variants "$variants" \
     --json "$out/cpu_$name.json" "$@" 2>&1 | show
 }
-launcher_run() {  # ranks, variants, json name, then VAR=value settings for the launcher
+launcher_run() {  # ranks, variants, json name, then VAR=value settings for the launcher; RUN_TIMEOUT=seconds
   local ranks=$1 variants=$2 name=$3; shift 3
   echo "== $variants: scripts/run_mpi_cpu.sh -ppn $ranks $*"
-  env "$@" PYTHON=$py scripts/run_mpi_cpu.sh -ppn "$ranks" "${b[@]}" --variants "$variants" \
+  env "$@" PYTHON=$py timeout "${RUN_TIMEOUT:-0}" scripts/run_mpi_cpu.sh -ppn "$ranks" "${b[@]}" --variants "$variants" \
     --json "$out/cpu_$name.json" 2>&1 | show
+  return "${PIPESTATUS[0]}"
 }
 what=${1:-all}
 if [[ $what == levers || $what == all ]]; then
@@ -61,6 +62,18 @@ fi
 if [[ $what == compile || $what == all ]]; then  # compile modes at the default split
   launcher_run 4 project+layercompile+chunkce project_4_layercompile_chunkce
   launcher_run 8 project+layercompile project_8_layercompile
+fi
+if [[ $what == coldwarm || $what == all ]]; then
+  # Whole-model --torch_compile with an empty inductor cache, then the same command with the cache it filled: how
+  # long each command takes to return (compilation, and whether the ranks leave at exit), and what stays behind
+  cache=$(mktemp -d)
+  for pass in cold warm; do
+    start=$(date +%s)
+    TORCHINDUCTOR_CACHE_DIR=$cache RUN_TIMEOUT=${COMPILE_TIMEOUT:-300} launcher_run 4 project+compile "project_4_compile_$pass"
+    status=$?
+    echo "== $pass cache: the command returned after $(($(date +%s) - start)) s (exit $status; 124: timed out)"
+    pgrep -fa "compile_worker|train_throughput" | grep -v pgrep || echo "   no process left behind"
+  done
 fi
 if [[ $what == real || $what == all ]]; then
   echo "== real data, padded vs packed, 1 x $cores"

@@ -231,7 +231,11 @@ def run_variant(
         lora_dropout=dropout,
         lora_all_linear=True,
     )
-    checkpointing = "ckpt" in levers
+    # ckpt: every decoder layer recomputed in backward; ckptN: every N-th one (transformers' every_n_layers, the
+    # memory lever between none and all); offload: the checkpointed layers' inputs kept in pinned host memory
+    every_n = [int(lever[4:] or 1) for lever in levers if lever[:4] == "ckpt" and (lever[4:] or "1").isdigit()]
+    checkpointing = bool(every_n)
+    checkpoint_options = {"every_n_layers": every_n[0], "offload": "offload" in levers} if every_n else None
     model = apply_peft(
         model, build_peft_config(peft_args, model.config, task_type="CAUSAL_LM"), gradient_checkpointing=checkpointing
     )
@@ -254,6 +258,7 @@ def run_variant(
         torch_compile="compile" in levers,
         optim="adamw_torch" if "adamw" in levers else FinetuneTrainingArguments.optim,  # default: fused on torch>=2.8
         gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs=checkpoint_options,
         overwrite_output_dir=True,
         train_sampling_strategy="sequential",  # same batches in the same order for every variant
     )
@@ -362,7 +367,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "--variants",
         default="baseline,project",
         help="baseline | project, with +levers: dropout05, liger, compile (HF --torch_compile), plain, bf16w, ckpt, "
-        "noguard, noliger, adamw (unfused), bN (batch N), frozen (learning rate 0), profile, mathattn, and the "
+        "ckptN (every N-th layer), offload (with ckpt: saved inputs in host memory), noguard, noliger, "
+        "adamw (unfused), bN (batch N), frozen (learning rate 0), profile, mathattn, and the "
         "SpeedLevers switches: " + ", ".join(LEVER_SWITCHES),
     )
     parser.add_argument("--work", type=Path, default=REPO / ".bench")

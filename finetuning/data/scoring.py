@@ -16,11 +16,12 @@ def normalize_answer(text: str) -> str:
 
 
 def score_answers(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean exact match and ROUGE F1 (x100, 4 decimals) of ``predictions`` against ``references``."""
-    from rouge_score import rouge_scorer
-
+    """Mean exact match and ROUGE F1 (x100, 4 decimals) of ``predictions`` against ``references``. Nothing to
+    score needs no ``rouge-score``: a file of prompts alone is answered where it is not installed."""
     if not references:
         return {}
+    from rouge_score import rouge_scorer
+
     pairs = list(zip(predictions, references, strict=True))
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     scores = [scorer.score(reference, prediction) for prediction, reference in pairs]

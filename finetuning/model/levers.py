@@ -19,16 +19,19 @@ class SpeedLevers:
     fused_lora: bool = True
     # One down-projection x·[A_q; A_k; A_v]ᵀ (and [A_gate; A_up]) for the adapted layers that share an input.
     # Off: its gradients equal PEFT's in the unit tests, yet with it the memorization tests' LoRA run (q..down and
-    # lm_head adapted) ends one token short on two of six records (docs/performance.md); not yet explained.
+    # lm_head adapted) ends one token short on two of six records (docs/performance.md); not yet explained. Its
+    # speed: +0.2% on the 7B shape (noise), -3% on the Xeon.
     shared_lora_down: bool = False
     # The hand-written LoRA autograd Function (reuses the saved x·Aᵀ; no casts or transposes in backward).
     lora_function: bool = True
-    # torch.compile each decoder layer (inductor) on CUDA / on the CPU.
+    # torch.compile each decoder layer (inductor) on CUDA / on the CPU. Off: on the 7B shape -1% and a 16 s first
+    # step; on the Xeon +6% and a 98 s cold first step (docs/performance.md).
     compile_layers_cuda: bool = False
     compile_layers_cpu: bool = False
-    # Liger kernels (CUDA) only for models at least this large: on a 7B model they train 1.27x faster in 11.6 GiB
-    # less; on the 0.3B 4-layer model they bring no speed and their Triton kernels compile at the first step
-    # (2.25 s against 0.55 s without them, cold; docs/performance.md).
+    # Liger kernels (CUDA) only for models at least this large: on a 7B model they make the plain path 1.21-1.27x
+    # faster in 11.6 GiB less, and the project's path 2.6 GiB smaller at the same speed (within the noise); on the
+    # 0.3B 4-layer model they bring nothing and their Triton kernels compile at the first step (2.25 s against
+    # 0.55 s without them, cold; docs/performance.md).
     liger_min_parameters: int = 1_000_000_000
     # Cross-entropy over the vocabulary in chunks of tokens, never a float32 copy of all logits (no Liger).
     chunked_cross_entropy: bool = False

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -39,6 +40,12 @@ def test_scores_ignore_case_and_spacing_only():
         "rouge2",
         "rougeL",
     }
+    assert score_answers([], []) == {}
+
+
+def test_a_file_of_prompts_alone_needs_no_rouge_score(monkeypatch):
+    """The lent GPU image has no rouge-score: inference.py on prompts without answers must still answer them."""
+    monkeypatch.setitem(sys.modules, "rouge_score", None)  # import rouge_score now raises ImportError
     assert score_answers([], []) == {}
 
 

@@ -181,3 +181,25 @@ def test_masked_attention_avoids_cudnn_and_unmasked_attention_is_untouched(monke
     assert len(allowed_backends) == 1
     assert torch.nn.attention.SDPBackend.CUDNN_ATTENTION not in allowed_backends[0]
     assert torch.nn.attention.SDPBackend.EFFICIENT_ATTENTION in allowed_backends[0]
+
+
+def test_fused_lora_path_under_partial_checkpointing_gives_the_same_gradients(tiny_tokenizer):
+    """``--gradient_checkpointing --gradient_checkpointing_kwargs '{"every_n_layers": 2}'`` recomputes every other
+    decoder layer in backward: the memory lever between no checkpointing and all of it (docs/performance.md). The
+    recomputation runs the project's LoRA Function a second time; its gradients must not change."""
+    inputs = batch(tiny_tokenizer)
+    kept, recomputed = (lora_model(tiny_tokenizer, torch.float32).train() for _ in range(2))
+    for model in (kept, recomputed):
+        fuse_lora_updates(model)
+    recomputed.activation_checkpointing_enable(every_n_layers=2)
+    layers = recomputed.base_model.model.model.layers
+    assert [layer.gradient_checkpointing for layer in layers] == [True, False]
+    forwards = [0, 0]
+    for index, layer in enumerate(layers):  # the layer's own hooks stay outside the checkpoint: its MLP's run twice
+        layer.mlp.register_forward_pre_hook(lambda *_, index=index: forwards.__setitem__(index, forwards[index] + 1))
+    kept_loss, kept_grads = loss_and_grads(kept, inputs, autocast=False)
+    loss, grads = loss_and_grads(recomputed, inputs, autocast=False)
+    assert forwards == [2, 1]  # the first layer ran again in backward, the second kept its activations
+    assert loss == pytest.approx(kept_loss, abs=1e-6)
+    assert grads.keys() == kept_grads.keys() and len(grads) == 28
+    assert relative_error(grads, kept_grads) < 1e-5

@@ -158,3 +158,14 @@ def test_every_default_runs_finetune_args_json_parses_back_to_the_same_arguments
         for before, after in zip(first, again, strict=True):
             as_dict = (lambda group: group.to_dict()) if hasattr(before, "to_dict") else dataclasses.asdict
             assert as_dict(after) == as_dict(before)
+
+
+def test_partial_checkpointing_reaches_the_trainer_under_the_old_and_new_names(tmp_path):
+    """Every N-th layer recomputed (transformers' every_n_layers): the old scripts' flag name and the new one."""
+    for switch, options in (
+        ("--gradient_checkpointing", "--gradient_checkpointing_kwargs"),
+        ("--activation_checkpointing", "--activation_checkpointing_kwargs"),
+    ):
+        *_, training = parse("--output_dir", str(tmp_path), switch, "True", options, '{"every_n_layers": 4}')
+        assert training.gradient_checkpointing is True
+        assert training.activation_checkpointing_kwargs == {"every_n_layers": 4}
