@@ -18,9 +18,8 @@ class SpeedLevers:
     # LoRA update added inside the product, addmm(base, x·Aᵀ, Bᵀ, alpha=scaling) (finetuning/model/lora_fusion.py).
     fused_lora: bool = True
     # One down-projection x·[A_q; A_k; A_v]ᵀ (and [A_gate; A_up]) for the adapted layers that share an input.
-    # Off: its gradients equal PEFT's in the unit tests, yet with it the memorization tests' LoRA run (q..down and
-    # lm_head adapted) ends one token short on two of six records (docs/performance.md); not yet explained. Its
-    # speed: +0.2% on the 7B shape (noise), -3% on the Xeon.
+    # Its gradients equal PEFT's (unit tests) and it memorizes as PEFT does (docs/testing.md), but it does not pay:
+    # +0.2% on the 7B shape (inside the noise), -3% on the Xeon (docs/performance.md). Off.
     shared_lora_down: bool = False
     # The hand-written LoRA autograd Function (reuses the saved x·Aᵀ; no casts or transposes in backward).
     lora_function: bool = True
