@@ -16,6 +16,7 @@ from typing import Any
 from finetuning.data.chat_templates import get_chat_template
 from finetuning.data.templates import TEMPLATE_FILE, Rendering, get_template, load_rendering
 from finetuning.errors import UserError
+from finetuning.model.loading import local_model_directory
 
 logger = logging.getLogger("finetuning")
 
@@ -25,12 +26,6 @@ ADAPTER_SAFETENSORS = "adapter_model.safetensors"
 ADAPTER_PICKLE = "adapter_model.bin"
 DEFAULT_TEMPLATE = "alpaca"
 OWN_CHAT_TEMPLATE = "tokenizer"  # --chat_template tokenizer: the tokenizer's own chat template
-
-
-def _looks_local(name: str) -> bool:
-    """Anything but an ``owner/name`` hub id that is not a local path: a typo'd directory must fail at once,
-    not after the hub client's retries."""
-    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") != 1 or "\\" in name
 
 
 def _read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
@@ -111,12 +106,9 @@ def locate_adapter_base(name: str, adapter_dir: Path) -> str:
 def _check_model_dir(model_path: str, allow_pickle: bool) -> None:
     """Fail with one line before ``from_pretrained`` turns a missing or pickled model into a traceback."""
     field = "base_model_path"
-    if not _looks_local(model_path):
-        return  # a hub name: from_pretrained reports whether it can be had
-    path = Path(model_path).expanduser()
-    if not path.is_dir():
-        hint = "" if "/" in model_path else " (hub models are named owner/name)"
-        raise UserError(f"no such model directory{hint}", path=model_path, field=field)
+    path = local_model_directory(model_path, field)
+    if path is None:
+        return
     if not (path / "config.json").is_file():
         raise UserError("no config.json: not a model directory", path=model_path, field=field)
     has_safetensors = any(path.glob("*.safetensors"))

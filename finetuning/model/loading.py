@@ -8,11 +8,26 @@ weights are read from safetensors unless the caller explicitly allows pickled ``
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from finetuning.errors import UserError
 
 logger = logging.getLogger(__name__)
+
+
+def local_model_directory(name: str, field: str) -> Path | None:
+    """The folder a model argument names, or None for an ``owner/name`` hub id (``from_pretrained`` reports
+    whether that can be had). Anything else is taken as a path, so a mistyped folder fails at once with its name,
+    not after the hub client's retries (hub ids without an owner, like ``gpt2``, have ``owner/name`` forms)."""
+    path = Path(name).expanduser()
+    local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1 or "\\" in name
+    if not local:
+        return None
+    if not path.is_dir():
+        hint = "" if "/" in name else " (hub models are named owner/name)"
+        raise UserError(f"no such model directory{hint}", path=name, field=field)
+    return path
 
 
 def _loading_error(what: str, name: str, error: Exception, field: str) -> UserError:

@@ -12,15 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from finetuning.errors import UserError
+from finetuning.model.loading import local_model_directory
 
 logger = logging.getLogger("finetuning")
 
 LENGTH_FIELDS = ("max_seq_length", "max_source_length", "max_target_length")
-
-
-def _looks_local(name: str) -> bool:
-    """A path rather than an ``owner/name`` hub id: it must exist here, not be retried against the hub."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def check_run(model_args: Any, data_args: Any, training_args: Any) -> None:
@@ -33,8 +29,8 @@ def check_run(model_args: Any, data_args: Any, training_args: Any) -> None:
             raise UserError(f"--{name}: must be a positive number of tokens, got {value}")
     for name in ("model_name_or_path", "tokenizer_name", "config_name"):
         value = getattr(model_args, name)
-        if value and _looks_local(value) and not Path(value).expanduser().is_dir():
-            raise UserError("no such model directory", path=value, field=name)
+        if value:
+            local_model_directory(value, name)
     model_path = model_args.model_name_or_path
     output_dir = Path(training_args.output_dir).expanduser().resolve()
     if training_args.do_train and model_path and Path(model_path).expanduser().resolve() == output_dir:
