@@ -108,6 +108,17 @@ def run():
     return run_script
 
 
+@pytest.fixture(scope="session")
+def warm_run(tmp_path_factory):
+    """``warm_run(script, *args)``: what ``run_script`` gives, from a warm interpreter that imported torch and
+    transformers once (tests/warm_start.py), for the starts whose point is what a script does with its input."""
+    from warm_start import WarmStarter
+
+    starter = WarmStarter(tmp_path_factory.mktemp("warm_start"))
+    yield starter.run
+    starter.close()
+
+
 # --- tiny models trained until they have memorized a few records (the inference and serving tests share them) ---
 
 MEMORIZED_RECORDS = sample_records(6)  # three of them differ only in their numbers: the model must read the input
