@@ -1,7 +1,7 @@
 """finetune_seq2seq.py end to end, run as users run it: the Flan-T5 command line, every PEFT method, ROUGE on
 generated text, torch.distributed.launch, reloading the adapter, one-line errors, and a learning check.
 
-The Flan-T5 command line and the launcher start the script afresh; the other runs start it from a warm
+The Flan-T5 command line and the launched ranks start the script afresh; the other runs start it from a warm
 interpreter (tests/warm_start.py: the same process less the 5 s of imports)."""
 
 from __future__ import annotations
@@ -229,7 +229,9 @@ def test_eval_with_generation_writes_rouge(warm_run, tiny_model, sample_file, tm
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_torch_distributed_launch_on_cpu_trains_what_one_process_trains(run, tiny_model, sample_file, tmp_path):
+def test_torch_distributed_launch_on_cpu_trains_what_one_process_trains(
+    run, warm_run, tiny_model, sample_file, tmp_path
+):
     """2 ranks x 4 samples take the steps of one process with batch 8: the same per-step losses and adapter.
     The loss is a mean over the target tokens of the whole step (training/seq2seq.token_count_loss); with T5's own
     per-batch mean a rank's short targets weighed as much as another's long ones and the adapters differed."""
@@ -271,7 +273,7 @@ def test_torch_distributed_launch_on_cpu_trains_what_one_process_trains(run, tin
     assert trainer_state(output)["global_step"] == 3  # 24 samples / (2 ranks x 4): one data-parallel job, not two
     assert metrics["eval_samples"] == 24 and "eval_rougeL" in metrics
     alone = tmp_path / "one_process"
-    assert_ok(run("finetune_seq2seq.py", *common, "--output_dir", alone, "--per_device_train_batch_size", "8"))
+    assert_ok(warm_run("finetune_seq2seq.py", *common, "--output_dir", alone, "--per_device_train_batch_size", "8"))
     assert logged_losses(output) == pytest.approx(logged_losses(alone), abs=FLOAT32_TOLERANCE)
     assert adapter_difference(output, alone) <= FLOAT32_TOLERANCE
 
