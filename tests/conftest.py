@@ -108,6 +108,17 @@ def run():
     return run_script
 
 
+@pytest.fixture(scope="session")
+def warm_run(tmp_path_factory):
+    """``warm_run(script, *args)``: what ``run_script`` gives, from a warm interpreter that imported torch and
+    transformers once (tests/warm_start.py), for the starts whose point is what a script does with its input."""
+    from warm_start import WarmStarter
+
+    starter = WarmStarter(tmp_path_factory.mktemp("warm_start"))
+    yield starter.run
+    starter.close()
+
+
 # --- tiny models trained until they have memorized a few records (the inference and serving tests share them) ---
 
 MEMORIZED_RECORDS = sample_records(6)  # three of them differ only in their numbers: the model must read the input
@@ -133,8 +144,8 @@ MEMORIZE = (
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 
 
-def _train(*args: object) -> subprocess.CompletedProcess[str]:
-    result = run_script("finetune_clm.py", *args, *MEMORIZE)
+def _train(warm_run, *args: object) -> subprocess.CompletedProcess[str]:
+    result = warm_run("finetune_clm.py", *args, *MEMORIZE)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -160,10 +171,11 @@ def memorized_base(memorized_dir, tiny_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
-def memorized_full_run(memorized_dir, memorized_base, memorized_train_file) -> Path:
+def memorized_full_run(memorized_dir, memorized_base, memorized_train_file, warm_run) -> Path:
     """Full fine-tuning, samples padded."""
     output = memorized_dir / "full"
     _train(
+        warm_run,
         "--model_name_or_path",
         memorized_base,
         "--train_file",
@@ -181,12 +193,13 @@ def memorized_full_run(memorized_dir, memorized_base, memorized_train_file) -> P
 
 
 @pytest.fixture(scope="session")
-def memorized_lora_run(memorized_dir, memorized_base, memorized_train_file) -> Path:
+def memorized_lora_run(memorized_dir, memorized_base, memorized_train_file, warm_run) -> Path:
     """LoRA, samples packed. The random tiny base's lm_head cannot produce confident logits (its rows are
     tiny and the final norm fixes the hidden state's size), so the head is adapted too; a real base's is not
     the bottleneck."""
     output = memorized_dir / "lora"
     result = _train(
+        warm_run,
         "--model_name_or_path",
         memorized_base,
         "--train_file",
@@ -275,15 +288,16 @@ def train_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def one_process(tmp_path_factory):
-    """``one_process(script, *flags)`` -> output dir of a one-process run (each distinct run once a session)."""
+def one_process(tmp_path_factory, warm_run):
+    """``one_process(script, *flags)`` -> output dir of a one-process run (each distinct run once a session), the
+    reference of the distributed tests, started from the warm interpreter."""
     done: dict[tuple[str, ...], Path] = {}
 
     def make(script: str, *flags: object) -> Path:
         key = (script, *map(str, flags))
         if key not in done:
             output = tmp_path_factory.mktemp("one_process")
-            result = run_script(script, *flags, "--output_dir", output)
+            result = warm_run(script, *flags, "--output_dir", output)
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
             done[key] = output
         return done[key]

@@ -1,17 +1,18 @@
 """The benchmarks' CPU smoke mode (bench/): the same code the GPU and Xeon measurements run, on a tiny model,
-so a change that breaks them shows here rather than on a lent machine."""
+so a change that breaks them shows here rather than on a lent machine. The scripts start from the warm
+interpreter (tests/warm_start.py: the same process less the 5 s of imports)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def test_fixed_length_smoke_variants_train_alike_and_the_adapter_moves_the_loss(tmp_path):
+def test_fixed_length_smoke_variants_train_alike_and_the_adapter_moves_the_loss(warm_run, tmp_path):
     """Every variant trains the same batches in the same order from the same weights. The first loss is equal by
     construction (LoRA's B starts at zero), so the comparison that tells is the loss after the first optimizer
     step, where the adapter is no longer zero. The learning rate is raised so that one step moves that loss far
@@ -28,7 +29,7 @@ def test_fixed_length_smoke_variants_train_alike_and_the_adapter_moves_the_loss(
         "project+ckpt2",  # every second layer recomputed
         "baseline+frozen",
     ]
-    result = run_script(
+    result = warm_run(
         "bench/train_throughput.py",
         *("--preset", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--seq", "64"),
         *("--learning_rate", "5e-2", "--variants", ",".join(variants), "--work", tmp_path, "--json", report),
@@ -52,13 +53,13 @@ def test_fixed_length_smoke_variants_train_alike_and_the_adapter_moves_the_loss(
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
-def test_real_data_smoke_layouts_hold_the_same_tokens_and_packing_fills_rows(tmp_path):
+def test_real_data_smoke_layouts_hold_the_same_tokens_and_packing_fills_rows(warm_run, tmp_path):
     """Padded (one sample a row), naive concatenation and packing of the same samples hold the same tokens and
     the same supervised labels; packing fills a batch of rows with more real tokens than padding does. The block
     (1024) is above the median sample (about 340 tokens with the tiny 512-token vocabulary), so blocks hold
     several samples; at 256 nearly every sample would be cut to the block and packing would change nothing."""
     report = tmp_path / "real.json"
-    result = run_script(
+    result = warm_run(
         "bench/train_throughput.py",
         *("--preset", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--seq", "1024"),
         *("--data", "real", "--data_dir", SHARED_DATA, "--layouts", "padded,naive,packed", "--padded_batch", "4"),
@@ -80,12 +81,12 @@ def test_real_data_smoke_layouts_hold_the_same_tokens_and_packing_fills_rows(tmp
     assert packed["pad_fraction"] < padded["pad_fraction"]
 
 
-def test_random_full_size_model_saver_refuses_a_tokenizer_with_other_special_ids(tmp_path, tiny_tokenizer):
+def test_random_full_size_model_saver_refuses_a_tokenizer_with_other_special_ids(warm_run, tmp_path, tiny_tokenizer):
     """The pad row of a random embedding is zero; if BOS were that row, training would get NaN gradients."""
     from finetuning.model.tiny import build_tokenizer
 
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
-    saved = run_script(
+    saved = warm_run(
         "bench/save_random_model.py", "--preset", "tiny", "--tokenizer", tmp_path / "tok", "--out", tmp_path / "m"
     )
     assert saved.returncode == 0, saved.stderr[-2000:]
@@ -93,16 +94,16 @@ def test_random_full_size_model_saver_refuses_a_tokenizer_with_other_special_ids
     other = build_tokenizer(["a b c"], vocab_size=64)
     other.add_special_tokens({"bos_token": "<bos2>"})
     other.save_pretrained(tmp_path / "other")
-    refused = run_script(
+    refused = warm_run(
         "bench/save_random_model.py", "--preset", "tiny", "--tokenizer", tmp_path / "other", "--out", tmp_path / "n"
     )
     assert refused.returncode == 2 and "bos/eos/pad ids" in refused.stderr
 
 
 @pytest.mark.slow
-def test_serve_bench_smoke_compares_served_clients_with_one_by_one(tmp_path):
+def test_serve_bench_smoke_compares_served_clients_with_one_by_one(warm_run, tmp_path):
     report = tmp_path / "serve.json"
-    result = run_script(
+    result = warm_run(
         "bench/serve_bench.py",
         *("--preset", "tiny", "--device", "cpu", "--model", tmp_path / "model", "--prompt_tokens", "16"),
         *("--new_tokens", "4", "--concurrency", "1", "4", "--requests", "8", "--baseline_requests", "2"),

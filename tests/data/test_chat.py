@@ -396,10 +396,10 @@ def test_truncation_keeps_exchanges_whole_with_consecutive_turns_and_drops_the_f
 
 
 @pytest.mark.slow
-def test_chat_data_fine_tunes_with_chatml_and_lora(run, tiny_model, chat_tokenizer, tmp_path):
+def test_chat_data_fine_tunes_with_chatml_and_lora(warm_run, tiny_model, chat_tokenizer, tmp_path):
     """The documented workflow: convert ShareGPT to messages, then train with a named template and its tokens."""
     data = tmp_path / "chat.jsonl"
-    converted = run(
+    converted = warm_run(
         "prepare_data/convert.py",
         "--input",
         REPO / "tests/fixtures/prepare_data/sharegpt.json",
@@ -420,7 +420,7 @@ def test_chat_data_fine_tunes_with_chatml_and_lora(run, tiny_model, chat_tokeniz
         for record in records
     )
     output = tmp_path / "out"
-    result = run(
+    result = warm_run(
         "finetune_clm.py",
         "--model_name_or_path",
         tiny_model("llama"),
@@ -450,7 +450,7 @@ def test_chat_data_fine_tunes_with_chatml_and_lora(run, tiny_model, chat_tokeniz
     saved = json.loads((output / "prompt_template.json").read_text())
     assert (saved["chat_template"], saved["chat"]) == ("chatml", True)
     # inference prompts the chat-trained model as chat, from another directory
-    answered = run(
+    answered = warm_run(
         "inference.py", "--peft_model_path", output, "--instructions", "Hi", "--max_new_tokens", "2", cwd=tmp_path
     )
     assert answered.returncode == 0, answered.stderr[-3000:]

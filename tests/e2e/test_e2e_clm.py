@@ -1,5 +1,8 @@
 """finetune_clm.py end to end, run as users run it: the legacy command lines, every PEFT method, every
-architecture, reloading what it saved, and a one-line error for each kind of bad input."""
+architecture, reloading what it saved, and a one-line error for each kind of bad input.
+
+The legacy command lines start the script afresh, as users type them; the other runs start it from a warm
+interpreter (tests/warm_start.py: the same process less the 5 s of imports)."""
 
 from __future__ import annotations
 
@@ -131,9 +134,9 @@ def test_command_line_1_llama_lora_packed(run, tiny_model, sample_file, tmp_path
     assert "train data: 24 samples read" in result.stdout and "packed into" in result.stdout
 
 
-def test_train_metrics_count_every_real_token_and_report_steady_throughput(run, tiny_model, sample_file, tmp_path):
+def test_train_metrics_count_every_real_token_and_report_steady_throughput(warm_run, tiny_model, sample_file, tmp_path):
     output = tmp_path / "throughput"
-    result = run(
+    result = warm_run(
         "finetune_clm.py",
         *("--model_name_or_path", tiny_model("llama"), "--train_file", sample_file, "--output_dir", output),
         *("--do_train", "--dataset_concatenation", "--max_seq_length", "128", "--per_device_train_batch_size", "1"),
@@ -291,10 +294,10 @@ def assert_learned(output, base_dir, margin: float, *, adapter: bool = True) -> 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "ptun", "prefix", "prompt", "llama_adapter", "none"])
-def test_every_peft_method_trains_on_llama(method, run, tiny_model, learn_file, tmp_path):
+def test_every_peft_method_trains_on_llama(method, warm_run, tiny_model, learn_file, tmp_path):
     output = tmp_path / method
     rate, margin = METHOD_LEARNING[method]
-    result = run(
+    result = warm_run(
         "finetune_clm.py",
         "--model_name_or_path",
         tiny_model("llama"),
@@ -317,9 +320,9 @@ def test_every_peft_method_trains_on_llama(method, run, tiny_model, learn_file, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_lora_trains_on_every_architecture(architecture, run, tiny_model, learn_file, tmp_path):
+def test_lora_trains_on_every_architecture(architecture, warm_run, tiny_model, learn_file, tmp_path):
     output = tmp_path / architecture
-    result = run(
+    result = warm_run(
         "finetune_clm.py",
         "--model_name_or_path",
         tiny_model(architecture),
@@ -341,8 +344,8 @@ def test_lora_trains_on_every_architecture(architecture, run, tiny_model, learn_
 
 
 @pytest.mark.parametrize("architecture", ["gpt_neox", "bloom"])
-def test_llama_adapter_is_refused_where_peft_cannot_apply_it(architecture, run, tiny_model, sample_file, tmp_path):
-    result = run(
+def test_llama_adapter_is_refused_where_peft_cannot_apply_it(architecture, warm_run, tiny_model, sample_file, tmp_path):
+    result = warm_run(
         "finetune_clm.py",
         "--model_name_or_path",
         tiny_model(architecture),
@@ -359,7 +362,7 @@ def test_llama_adapter_is_refused_where_peft_cannot_apply_it(architecture, run, 
     assert not (tmp_path / "out").exists()
 
 
-def test_adapter_reloads_and_base_weights_are_unchanged(run, tiny_model, sample_file, tmp_path):
+def test_adapter_reloads_and_base_weights_are_unchanged(warm_run, tiny_model, sample_file, tmp_path):
     import peft
     import torch
     from safetensors.torch import load_file
@@ -368,7 +371,7 @@ def test_adapter_reloads_and_base_weights_are_unchanged(run, tiny_model, sample_
     base_dir = tiny_model("llama")
     before = load_file(str(base_dir / "model.safetensors"))
     output = tmp_path / "adapter"
-    result = run(
+    result = warm_run(
         "finetune_clm.py",
         "--model_name_or_path",
         base_dir,
@@ -419,7 +422,7 @@ def response_token_loss(model, tokenizer, records) -> float:
     return total / count
 
 
-def test_eval_gives_loss_and_perplexity(run, tiny_model, sample_file, tmp_path):
+def test_eval_gives_loss_and_perplexity(warm_run, tiny_model, sample_file, tmp_path):
     """The reported eval loss is the trained model's loss on the answers of the validation records (one eval
     batch holds them all), and the perplexity its exponential: both checked against a computation made here."""
     import math
@@ -430,7 +433,7 @@ def test_eval_gives_loss_and_perplexity(run, tiny_model, sample_file, tmp_path):
     validation = tmp_path / "validation.json"
     validation.write_text(json.dumps(sample_records(30)[24:]), encoding="utf-8")
     output = tmp_path / "eval"
-    result = run(
+    result = warm_run(
         "finetune_clm.py",
         *("--model_name_or_path", tiny_model("llama"), "--train_file", sample_file, "--output_dir", output),
         *("--validation_file", validation, "--per_device_eval_batch_size", "8", "--do_train", "--do_eval"),
@@ -449,12 +452,12 @@ def test_eval_gives_loss_and_perplexity(run, tiny_model, sample_file, tmp_path):
     assert metrics["eval_samples"] == 6
 
 
-def test_golden_loss(run, tiny_model, tmp_path):
+def test_golden_loss(warm_run, tiny_model, tmp_path):
     """A fixed tiny run: its loss values are pinned, so any change to data, masks or training shows up."""
     data = tmp_path / "golden.jsonl"
     data.write_text("".join(json.dumps(record) + "\n" for record in sample_records(16)))
     output = tmp_path / "golden"
-    result = run(
+    result = warm_run(
         "finetune_clm.py",
         "--model_name_or_path",
         tiny_model("llama"),
@@ -507,11 +510,11 @@ def bad_input_cases(tmp_path, sample_file):
 
 
 @pytest.mark.parametrize("case", ["missing file", "bad field", "no data", "bad model"])
-def test_bad_input_is_one_line_exit_2_and_nothing_written(case, run, tiny_model, sample_file, tmp_path):
+def test_bad_input_is_one_line_exit_2_and_nothing_written(case, warm_run, tiny_model, sample_file, tmp_path):
     flags, message = bad_input_cases(tmp_path, sample_file)[case]
     output = tmp_path / "out"
     args = ["--model_name_or_path", tiny_model("llama"), "--output_dir", output, "--do_train", *flags]
-    result = run("finetune_clm.py", *args)
+    result = warm_run("finetune_clm.py", *args)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -519,7 +522,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(case, run, tiny_model,
     assert not output.exists()
 
 
-def test_a_finished_run_is_not_overwritten_without_the_flag(run, tiny_model, sample_file, tmp_path):
+def test_a_finished_run_is_not_overwritten_without_the_flag(warm_run, tiny_model, sample_file, tmp_path):
     output = tmp_path / "done"
     args = [
         "--model_name_or_path",
@@ -531,26 +534,28 @@ def test_a_finished_run_is_not_overwritten_without_the_flag(run, tiny_model, sam
         "--do_train",
         *QUICK,
     ]
-    assert_ok(run("finetune_clm.py", *args))
+    assert_ok(warm_run("finetune_clm.py", *args))
     stamp = (output / "adapter_model.safetensors").stat().st_mtime_ns
-    again = run("finetune_clm.py", *args)
+    again = warm_run("finetune_clm.py", *args)
     assert again.returncode == 2 and "holds a finished run; pass --overwrite_output_dir" in again.stderr
     assert (output / "adapter_model.safetensors").stat().st_mtime_ns == stamp
-    assert_ok(run("finetune_clm.py", *args, "--overwrite_output_dir"))
+    assert_ok(warm_run("finetune_clm.py", *args, "--overwrite_output_dir"))
 
 
 @pytest.mark.slow
-def test_a_resumed_run_logs_steps_and_warns_of_changed_settings(run, tiny_model, sample_file, tmp_path):
+def test_a_resumed_run_logs_steps_and_warns_of_changed_settings(warm_run, tiny_model, sample_file, tmp_path):
     """An interrupted run (checkpoint, no results) resumed with another learning rate and length says so."""
     output = tmp_path / "out"
     common = ("--model_name_or_path", tiny_model("llama"), "--train_file", sample_file, "--output_dir", output)
     steps = ("--do_train", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--report_to", "none")
-    first = run("finetune_clm.py", *common, *steps, "--max_steps", "2", "--save_steps", "2", "--disable_tqdm", "true")
+    first = warm_run(
+        "finetune_clm.py", *common, *steps, "--max_steps", "2", "--save_steps", "2", "--disable_tqdm", "true"
+    )
     assert_ok(first)
     assert "{'step': 2, 'loss':" in first.stdout  # every loss line carries its step
     for name in ("all_results.json", "train_results.json"):
         (output / name).unlink()  # as if the run had been stopped after its checkpoint
-    resumed = run(
+    resumed = warm_run(
         "finetune_clm.py",
         *common,
         *steps,
@@ -568,23 +573,23 @@ def test_a_resumed_run_logs_steps_and_warns_of_changed_settings(run, tiny_model,
 
 @pytest.mark.slow
 def test_a_prompt_template_file_trains_is_saved_with_the_run_and_prompts_inference(
-    run, tiny_model, sample_file, tmp_path
+    warm_run, tiny_model, sample_file, tmp_path
 ):
     template = tmp_path / "qa.yaml"
     template.write_text('with_input: "Q: {instruction}\\n{input}\\nA: "\nwithout_input: "Q: {instruction}\\nA: "\n')
     output = tmp_path / "out"
     flags = ("--model_name_or_path", tiny_model("llama"), "--train_file", sample_file, "--output_dir", output, *QUICK)
-    first = run("finetune_clm.py", *flags, "--do_train", "--prompt_template", template)
+    first = warm_run("finetune_clm.py", *flags, "--do_train", "--prompt_template", template)
     assert_ok(first)
     saved = json.loads((output / "prompt_template.json").read_text())
     assert (saved["prompt_template"], saved["without_input"]) == ("qa", "Q: {instruction}\nA: ")
     # the same file name with another text: tokenized again, not read from the cache
     template.write_text(template.read_text().replace("Q: ", "Question: "))
-    second = run("finetune_clm.py", *flags, "--do_train", "--prompt_template", template, "--overwrite_output_dir")
+    second = warm_run("finetune_clm.py", *flags, "--do_train", "--prompt_template", template, "--overwrite_output_dir")
     assert_ok(second)
     tokens = [re.search(r"train data: .*; (\d+) tokens", result.stdout).group(1) for result in (first, second)]
     assert int(tokens[1]) > int(tokens[0])
     template.unlink()  # the run holds the template: inference needs no file
-    answered = run("inference.py", "--peft_model_path", output, "--instructions", "Hi", "--max_new_tokens", "2")
+    answered = warm_run("inference.py", "--peft_model_path", output, "--instructions", "Hi", "--max_new_tokens", "2")
     assert_ok(answered)
     assert "prompts: qa" in answered.stderr

@@ -19,14 +19,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, launch_env, run_script
-from runs import DETERMINISTIC_LORA, FLOAT32_TOLERANCE, adapter_difference, logged_losses, trainer_state
+from conftest import REPO, free_port, launch_env
+from runs import FLOAT32_TOLERANCE, adapter_difference, logged_losses, lora_flags, trainer_state
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 PER_DEVICE_BATCH = 2
-TRAINING = DETERMINISTIC_LORA
 DATA_REPORT = "train data: 24 samples read"
 
 
@@ -52,56 +51,22 @@ def assert_ok(result):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
 
-@pytest.fixture(scope="module")
-def single(tiny_model, train_file, tmp_path_factory):
-    """``single(batch)`` -> output of a one-process run with that per-device batch (each run once a module)."""
-    done: dict[int, Path] = {}
-
-    def make(batch: int) -> Path:
-        if batch not in done:
-            output = tmp_path_factory.mktemp(f"single_batch{batch}")
-            result = run_script(
-                "finetune_clm.py",
-                "--model_name_or_path",
-                tiny_model("llama"),
-                "--train_file",
-                train_file,
-                "--output_dir",
-                output,
-                "--per_device_train_batch_size",
-                batch,
-                *TRAINING,
-            )
-            assert_ok(result)
-            done[batch] = output
-        return done[batch]
-
-    return make
-
-
 def distributed_flags(tiny_model, train_file, output: Path) -> list[object]:
-    return [
-        "--model_name_or_path",
-        tiny_model("llama"),
-        "--train_file",
-        train_file,
-        "--output_dir",
-        output,
-        "--per_device_train_batch_size",
-        PER_DEVICE_BATCH,
-        *TRAINING,
-    ]
+    return [*lora_flags(tiny_model("llama"), train_file, PER_DEVICE_BATCH), "--output_dir", output]
 
 
 @pytest.mark.parametrize("launcher", ["mpirun", "torchrun"])
 def test_two_ranks_train_one_model_like_one_process_with_the_global_batch(
-    launcher, single, tiny_model, train_file, tmp_path
+    launcher, one_process, tiny_model, train_file, tmp_path
 ):
     output = tmp_path / launcher
     command = mpirun() if launcher == "mpirun" else TORCHRUN
     result = launch(command, *distributed_flags(tiny_model, train_file, output))
     assert_ok(result)
-    same_batch, same_global_batch = single(PER_DEVICE_BATCH), single(2 * PER_DEVICE_BATCH)
+    same_batch, same_global_batch = (
+        one_process("finetune_clm.py", *lora_flags(tiny_model("llama"), train_file, batch))
+        for batch in (PER_DEVICE_BATCH, 2 * PER_DEVICE_BATCH)
+    )
 
     # One job of two ranks: half the optimizer steps of one process with the same per-device batch.
     assert trainer_state(same_batch)["global_step"] == 12

@@ -2,8 +2,8 @@
 line naming the problem, exit code 2, no traceback and nothing in output_dir; valid-but-odd files train; and no
 secret or pickle gets through.
 
-The failing runs stop before a model is loaded, so they are cheap; they run side by side (one parametrization,
-one concurrent batch) to keep the suite fast on two cores.
+The failing runs stop before a model is loaded, so they are cheap once torch is imported: they start from a warm
+interpreter (tests/warm_start.py), each run once a module for the one parametrized test that reads them.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_script, sample_records, script_env
+from conftest import REPO, sample_records, script_env
 
 HOSTILE = REPO / "tests" / "fixtures" / "hostile"
 SECRETS = {"HF_TOKEN": "hf_EnvSecret0123456789", "--hub_token": "hf_FlagSecret9876543210"}
@@ -66,8 +65,10 @@ def pickled_copy(model_dir: Path, target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def failed_starts(tiny_model, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess[str], Path, str]]:
-    """Every failing case run once, three at a time: case -> (finished process, its output_dir, expected line)."""
+def failed_starts(
+    tiny_model, warm_run, tmp_path_factory
+) -> dict[str, tuple[subprocess.CompletedProcess[str], Path, str]]:
+    """Every failing case run once: case -> (finished process, its output_dir, expected line)."""
     tmp = tmp_path_factory.mktemp("failed_starts")
     pickled_copy(tiny_model("llama"), tmp / "pickled")
     train = tmp / "train.json"
@@ -83,10 +84,9 @@ def failed_starts(tiny_model, tmp_path_factory) -> dict[str, tuple[subprocess.Co
         extra, expected = cases[name]
         output = tmp / name.replace(" ", "_").replace(".", "_") / "out"
         args = ["--model_name_or_path", tiny_model("llama"), "--output_dir", output, "--do_train", *extra]
-        return run_script("finetune_clm.py", *args, timeout=600), output, expected
+        return warm_run("finetune_clm.py", *args), output, expected
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(zip(cases, pool.map(one, cases), strict=True))
+    return {name: one(name) for name in cases}
 
 
 @pytest.mark.parametrize("case", [*(name or "directory" for name in BAD_FILES), *BAD_STARTS])
@@ -150,13 +150,13 @@ def test_no_token_reaches_the_logs_or_any_saved_file(odd_run):
 
 
 @pytest.mark.slow
-def test_pickled_weights_load_when_explicitly_allowed(failed_starts, tmp_path):
+def test_pickled_weights_load_when_explicitly_allowed(failed_starts, warm_run, tmp_path):
     _, _, expected = failed_starts["pickled weights only"]
     pickled = Path(expected.split("model '")[1].split("'")[0])
     output = tmp_path / "out"
     args = ["--model_name_or_path", pickled, "--output_dir", output, "--do_train", "--allow_pickle_weights"]
     train = tmp_path / "train.json"
     train.write_text(json.dumps(sample_records(8)), encoding="utf-8")
-    result = run_script("finetune_clm.py", *args, "--train_file", train, "--max_steps", "1", "--save_strategy", "no")
+    result = warm_run("finetune_clm.py", *args, "--train_file", train, "--max_steps", "1", "--save_strategy", "no")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (output / "adapter_model.safetensors").is_file()

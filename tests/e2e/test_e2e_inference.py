@@ -4,6 +4,9 @@ The proof that training and inference agree (prompt template, prompt masking, EO
 until it has memorized six records must answer each of them with exactly its training response. Also every
 mode (--infer, --instructions, --interactive, --bench, --merge_and_save), an encoder-decoder model, and the
 one-line error for each kind of bad input.
+
+The runs start from a warm interpreter (tests/warm_start.py: the same process less the 5 s of imports), but for
+the interactive ones (they read stdin) and the missing model's, whose point is the subprocess itself.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 import pytest
 from conftest import MEMORIZE as TRAIN
 from conftest import MEMORIZED_RECORDS as RECORDS
-from conftest import REPO, run_script, script_env
+from conftest import REPO, script_env
 from runs import save_lora_adapter
 
 
@@ -50,11 +53,17 @@ def lora_run(memorized_lora_run):
     return memorized_lora_run
 
 
-def predict(*flags, output) -> list[dict]:
-    result = run_script("inference.py", *flags, "--output_file", output)
-    assert_ok(result)
-    assert f"wrote {len(RECORDS)} predictions to {output}" in result.stdout
-    return read_jsonl(output)
+@pytest.fixture
+def predict(warm_run):
+    """``predict(*flags, output=path)`` -> the rows inference.py wrote to ``path``."""
+
+    def run_inference(*flags, output) -> list[dict]:
+        result = warm_run("inference.py", *flags, "--output_file", output)
+        assert_ok(result)
+        assert f"wrote {len(RECORDS)} predictions to {output}" in result.stdout
+        return read_jsonl(output)
+
+    return run_inference
 
 
 def assert_memorized(rows: list[dict]) -> None:
@@ -66,7 +75,7 @@ def assert_memorized(rows: list[dict]) -> None:
 
 
 @pytest.mark.slow
-def test_full_fine_tuned_model_answers_its_training_records_exactly(full_run, train_file, workdir):
+def test_full_fine_tuned_model_answers_its_training_records_exactly(predict, full_run, train_file, workdir):
     rows = predict(
         "--base_model_path",
         full_run,
@@ -80,7 +89,7 @@ def test_full_fine_tuned_model_answers_its_training_records_exactly(full_run, tr
 
 
 @pytest.mark.slow
-def test_lora_adapter_and_its_merged_model_answer_exactly(lora_run, train_file, workdir):
+def test_lora_adapter_and_its_merged_model_answer_exactly(predict, lora_run, train_file, workdir):
     merged = workdir / "merged"
     adapter_rows = predict(
         "--peft_model_path",
@@ -109,7 +118,7 @@ def test_lora_adapter_and_its_merged_model_answer_exactly(lora_run, train_file, 
 
 
 @pytest.mark.slow
-def test_seq2seq_model_answers_its_training_records_exactly(workdir, tiny_tokenizer, train_file):
+def test_seq2seq_model_answers_its_training_records_exactly(warm_run, predict, workdir, tiny_tokenizer, train_file):
     from transformers import AutoConfig
 
     from finetuning.model.tiny import build_tiny_model
@@ -121,7 +130,7 @@ def test_seq2seq_model_answers_its_training_records_exactly(workdir, tiny_tokeni
     config.dropout_rate = 0.0  # dropout slows memorization down a lot at this size
     config.save_pretrained(base)
     output = workdir / "t5_full"
-    result = run_script(
+    result = warm_run(
         "finetune_seq2seq.py",
         "--model_name_or_path",
         base,
@@ -146,8 +155,8 @@ def test_seq2seq_model_answers_its_training_records_exactly(workdir, tiny_tokeni
 
 
 @pytest.mark.slow
-def test_infer_and_instructions_print_answers(full_run):
-    result = run_script(
+def test_infer_and_instructions_print_answers(warm_run, full_run):
+    result = warm_run(
         "inference.py",
         "--base_model_path",
         full_run,
@@ -207,8 +216,8 @@ def test_ctrl_c_at_the_interactive_prompt_ends_the_session_without_a_traceback(f
 
 
 @pytest.mark.slow
-def test_bench_prints_first_token_latency_and_throughput(full_run):
-    result = run_script(
+def test_bench_prints_first_token_latency_and_throughput(warm_run, full_run):
+    result = warm_run(
         "inference.py", "--base_model_path", full_run, "--bench", "--bench_runs", "2", "--max_new_tokens", "32"
     )
     assert_ok(result)
@@ -220,9 +229,9 @@ def test_bench_prints_first_token_latency_and_throughput(full_run):
     assert 0 < float(latency.group(1)) < 10_000 and float(throughput.group(1)) > 0 and int(throughput.group(2)) > 0
 
 
-def test_seq2seq_model_runs(tiny_model, train_file, tmp_path):
+def test_seq2seq_model_runs(warm_run, tiny_model, train_file, tmp_path):
     output = tmp_path / "predictions.jsonl"
-    result = run_script(
+    result = warm_run(
         "inference.py",
         "--base_model_path",
         tiny_model("t5"),
@@ -258,9 +267,9 @@ def test_seq2seq_model_runs(tiny_model, train_file, tmp_path):
 
 
 @pytest.mark.slow
-def test_clm_do_predict_writes_and_scores_predictions_of_the_validation_file(full_run, train_file, tmp_path):
+def test_clm_do_predict_writes_and_scores_predictions_of_the_validation_file(warm_run, full_run, train_file, tmp_path):
     output = tmp_path / "predict"
-    result = run_script(
+    result = warm_run(
         "finetune_clm.py",
         *("--model_name_or_path", full_run, "--validation_file", train_file, "--output_dir", output),
         *("--do_predict", "--peft", "none", "--report_to", "none", "--generation_max_length", "32"),
@@ -273,9 +282,9 @@ def test_clm_do_predict_writes_and_scores_predictions_of_the_validation_file(ful
 
 
 @pytest.mark.slow
-def test_seq2seq_do_predict_saves_its_generated_predictions(tiny_model, train_file, tmp_path):
+def test_seq2seq_do_predict_saves_its_generated_predictions(warm_run, tiny_model, train_file, tmp_path):
     output = tmp_path / "predict"
-    result = run_script(
+    result = warm_run(
         "finetune_seq2seq.py",
         *("--model_name_or_path", tiny_model("t5"), "--validation_file", train_file, "--output_dir", output),
         *("--do_predict", "--predict_with_generate", "--max_target_length", "6", "--report_to", "none"),

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, launch_env, run_script
+from conftest import REPO, free_port, launch_env
 from processes import children, environment_of, kill_all, start, wait_for
 from runs import adapter_difference, trainer_state
 
@@ -93,14 +93,14 @@ def yaml_for(workdir: Path, output: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(workdir) -> Path:
+def reference(workdir, warm_run) -> Path:
     """One finetune_clm.py process, the YAML's mapped flags, the global batch of 2 workers x 2."""
     from finetuning.launch.ray_arguments import RayArguments
     from finetuning.launch.ray_train import build_plan
 
     output = workdir / "single_batch4"
     plan = build_plan(RayArguments(config_file=str(yaml_for(workdir, output))), list(OVERRIDES))
-    assert_ok(run_script("finetune_clm.py", *plan.flags, "--per_device_train_batch_size", "4"))
+    assert_ok(warm_run("finetune_clm.py", *plan.flags, "--per_device_train_batch_size", "4"))
     return output
 
 

@@ -1,5 +1,8 @@
 """finetune_seq2seq.py end to end, run as users run it: the Flan-T5 command line, every PEFT method, ROUGE on
-generated text, torch.distributed.launch, reloading the adapter, one-line errors, and a learning check."""
+generated text, torch.distributed.launch, reloading the adapter, one-line errors, and a learning check.
+
+The Flan-T5 command line and the launched ranks start the script afresh; the other runs start it from a warm
+interpreter (tests/warm_start.py: the same process less the 5 s of imports)."""
 
 from __future__ import annotations
 
@@ -105,7 +108,7 @@ METHOD_LEARNING = {
 
 
 @pytest.mark.parametrize("method", ["ptun", "prefix", "prompt", "ia3", "none"])
-def test_every_peft_method_trains_and_saves(method, run, tiny_model, sample_file, tmp_path):
+def test_every_peft_method_trains_and_saves(method, warm_run, tiny_model, sample_file, tmp_path):
     """Two steps at a rate high enough that the saved model's loss on the training records is measurably below
     the run's start (the base with its untrained adapter, rebuilt from the run's seed: the same loss to the last
     digit when the run's learning rate is 0)."""
@@ -113,7 +116,7 @@ def test_every_peft_method_trains_and_saves(method, run, tiny_model, sample_file
 
     output = tmp_path / method
     rate, margin = METHOD_LEARNING[method]
-    result = run(
+    result = warm_run(
         "finetune_seq2seq.py",
         "--model_name_or_path",
         tiny_model("t5"),
@@ -184,11 +187,11 @@ def generates(model, tokenizer_dir) -> bool:
     return generated.shape[0] == 1 and 1 < generated.shape[1] <= 5
 
 
-def test_eval_with_generation_writes_rouge(run, tiny_model, sample_file, tmp_path):
+def test_eval_with_generation_writes_rouge(warm_run, tiny_model, sample_file, tmp_path):
     """ROUGE of generated text; under --bf16 with LoRA, so generation must run under autocast like training."""
     validation = write_records(tmp_path / "validation.json", sample_records(30)[24:])
     output = tmp_path / "eval"
-    result = run(
+    result = warm_run(
         "finetune_seq2seq.py",
         "--model_name_or_path",
         tiny_model("t5"),
@@ -226,7 +229,9 @@ def test_eval_with_generation_writes_rouge(run, tiny_model, sample_file, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_torch_distributed_launch_on_cpu_trains_what_one_process_trains(run, tiny_model, sample_file, tmp_path):
+def test_torch_distributed_launch_on_cpu_trains_what_one_process_trains(
+    run, warm_run, tiny_model, sample_file, tmp_path
+):
     """2 ranks x 4 samples take the steps of one process with batch 8: the same per-step losses and adapter.
     The loss is a mean over the target tokens of the whole step (training/seq2seq.token_count_loss); with T5's own
     per-batch mean a rank's short targets weighed as much as another's long ones and the adapters differed."""
@@ -268,12 +273,12 @@ def test_torch_distributed_launch_on_cpu_trains_what_one_process_trains(run, tin
     assert trainer_state(output)["global_step"] == 3  # 24 samples / (2 ranks x 4): one data-parallel job, not two
     assert metrics["eval_samples"] == 24 and "eval_rougeL" in metrics
     alone = tmp_path / "one_process"
-    assert_ok(run("finetune_seq2seq.py", *common, "--output_dir", alone, "--per_device_train_batch_size", "8"))
+    assert_ok(warm_run("finetune_seq2seq.py", *common, "--output_dir", alone, "--per_device_train_batch_size", "8"))
     assert logged_losses(output) == pytest.approx(logged_losses(alone), abs=FLOAT32_TOLERANCE)
     assert adapter_difference(output, alone) <= FLOAT32_TOLERANCE
 
 
-def test_adapter_reloads_and_generates(run, tiny_model, sample_file, tmp_path):
+def test_adapter_reloads_and_generates(warm_run, tiny_model, sample_file, tmp_path):
     import peft
     import torch
     from safetensors.torch import load_file
@@ -281,7 +286,7 @@ def test_adapter_reloads_and_generates(run, tiny_model, sample_file, tmp_path):
     base_dir = tiny_model("t5")
     before = load_file(str(base_dir / "model.safetensors"))
     output = tmp_path / "adapter"
-    result = run(
+    result = warm_run(
         "finetune_seq2seq.py",
         "--model_name_or_path",
         base_dir,
@@ -307,7 +312,7 @@ def test_adapter_reloads_and_generates(run, tiny_model, sample_file, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["decoder-only model", "llama_adapter", "chat records"])
-def test_what_cannot_work_is_one_line_exit_2_and_nothing_written(case, run, tiny_model, sample_file, tmp_path):
+def test_what_cannot_work_is_one_line_exit_2_and_nothing_written(case, warm_run, tiny_model, sample_file, tmp_path):
     chat = tmp_path / "chat.jsonl"
     chat.write_text(
         json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}) + "\n"
@@ -327,7 +332,7 @@ def test_what_cannot_work_is_one_line_exit_2_and_nothing_written(case, run, tiny
         ),
     }[case]
     output = tmp_path / "out"
-    result = run("finetune_seq2seq.py", "--output_dir", output, "--do_train", *flags)
+    result = warm_run("finetune_seq2seq.py", "--output_dir", output, "--do_train", *flags)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -355,7 +360,7 @@ def reverse_task(seed: int = 0) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_training_raises_rouge_on_a_synthetic_task(run, tmp_path):
+def test_training_raises_rouge_on_a_synthetic_task(warm_run, tmp_path):
     """The whole pipeline learns: encoding, labels, collator, loss, generation and decoding all have to be right.
 
     The check scores 16 of the training requests: it asks whether the model fits what it was taught (held-out
@@ -384,9 +389,9 @@ def test_training_raises_rouge_on_a_synthetic_task(run, tmp_path):
     ]
     # Evaluation alone: transformers' TensorBoard callback, never told the output directory by a training start,
     # writes its events under ./runs, so this run works in tmp_path, not in the repository.
-    untrained = run("finetune_seq2seq.py", *common, "--output_dir", tmp_path / "before", cwd=tmp_path)
+    untrained = warm_run("finetune_seq2seq.py", *common, "--output_dir", tmp_path / "before", cwd=tmp_path)
     assert_ok(untrained)
-    trained = run(
+    trained = warm_run(
         "finetune_seq2seq.py",
         *common,
         "--output_dir",

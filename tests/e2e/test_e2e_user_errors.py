@@ -40,27 +40,28 @@ def without_tensorboard(tmp_path) -> dict[str, str]:
     return env | {"PYTHONPATH": f"{stub}:{env['PYTHONPATH']}"}
 
 
-@pytest.mark.slow  # a subprocess each: ~5 s apiece on an idle machine
 @pytest.mark.parametrize("case", sorted(ONE_LINE_ERRORS))
-def test_a_bad_command_line_is_one_error_line_and_nothing_written(case, tiny_model, tmp_path):
+def test_a_bad_command_line_is_one_error_line_and_nothing_written(case, tiny_model, warm_run, tmp_path):
+    """From the warm interpreter (tests/warm_start.py), but for the one case that needs another environment."""
     flags, expected = ONE_LINE_ERRORS[case]
     output = tmp_path / "out"
     args = ["--model_name_or_path", tiny_model("llama"), "--train_file", SAMPLE_DATA, "--output_dir", output]
     args += ["--do_train", "--max_steps", "1", *flags]
-    result = run_script(
-        "finetune_clm.py", *args, env=without_tensorboard(tmp_path) if case == "no tensorboard" else None
-    )
+    if case == "no tensorboard":
+        result = run_script("finetune_clm.py", *args, env=without_tensorboard(tmp_path))
+    else:
+        result = warm_run("finetune_clm.py", *args)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert result.stderr.strip().startswith(expected), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not output.exists()
 
 
-def test_training_into_the_base_models_folder_is_refused(tiny_model, tmp_path):
+def test_training_into_the_base_models_folder_is_refused(tiny_model, warm_run, tmp_path):
     model = tiny_model("llama")
     before = sorted(path.name for path in model.iterdir())
     flags = ["--model_name_or_path", model, "--train_file", SAMPLE_DATA, "--output_dir", model, "--do_train"]
-    result = run_script("finetune_clm.py", *flags, "--overwrite_output_dir", "--max_steps", "1")
+    result = warm_run("finetune_clm.py", *flags, "--overwrite_output_dir", "--max_steps", "1")
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"error: {model}: field 'output_dir': is the base model's folder: training there would overwrite the model "

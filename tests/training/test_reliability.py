@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import run_script, sample_records
+from conftest import sample_records
 from processes import crash_env, kill_all, run_crashing, start, wait_for, write_driver
 
 from finetuning.errors import UserError
@@ -136,7 +136,9 @@ def train_file(tmp_path_factory) -> Path:
 
 # --- end to end -------------------------------------------------------------------------------------------
 # Every scenario's first run goes side by side with the others and with the uninterrupted reference run; then
-# their reruns go side by side. The tests check what happened. (Serially these runs take twice as long.)
+# their reruns go side by side. The tests check what happened. (Serially these runs take twice as long.) The runs
+# that are killed, crash or get a signal start afresh; the reference and the reruns start from the warm
+# interpreter (tests/warm_start.py), one at a time.
 
 
 @dataclass
@@ -195,7 +197,7 @@ STOPPED = re.compile(r"stopped by (\w+) at step (\d+), checkpoint saved: rerun t
 
 
 @pytest.fixture(scope="module")
-def scenarios(tiny_model, train_file, tmp_path_factory) -> dict[str, Scenario]:
+def scenarios(tiny_model, train_file, warm_run, tmp_path_factory) -> dict[str, Scenario]:
     root = tmp_path_factory.mktemp("scenarios")
     driver = write_driver(root)
     names = ("reference", "sigkill", "crash", "SIGTERM", "SIGINT", "seq2seq SIGTERM")
@@ -216,7 +218,7 @@ def scenarios(tiny_model, train_file, tmp_path_factory) -> dict[str, Scenario]:
 
     def first(name: str) -> Outcome:
         if name == "reference":
-            return completed(run_script("finetune_clm.py", *args(name)))
+            return completed(warm_run("finetune_clm.py", *args(name)))
         if name == "crash":  # SIGKILLed inside the save of checkpoint-8, after its adapter, before its optimizer
             return completed(run_crashing(driver, args(name), crash_env("checkpoint", step=8)))
         process, log = background(name)
@@ -232,7 +234,7 @@ def scenarios(tiny_model, train_file, tmp_path_factory) -> dict[str, Scenario]:
         if name == "SIGINT":  # resume through the flag, from the checkpoint the message named
             stopped = STOPPED.search(runs[name].first.log)
             extra = ["--resume_from_checkpoint", stopped[3]] if stopped else []
-        return completed(run_script(script(name), *args(name), *extra))
+        return completed(warm_run(script(name), *args(name), *extra))
 
     def guarded(step: Callable[[str], Outcome], name: str) -> Outcome:
         try:
@@ -368,7 +370,7 @@ def model_with_an_inf_weight(source: Path, target: Path) -> Path:
     ],
 )
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_saves_nothing_of_it(
-    fault, run, tiny_model, train_file, tmp_path
+    fault, warm_run, tiny_model, train_file, tmp_path
 ):
     output = tmp_path / "out"
     model = tiny_model("llama")
@@ -377,7 +379,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_saves_nothing_of_it
     else:  # the first update makes the weights huge: the second step's gradients overflow
         expected = "gradient norm became nan at step 2"
     args = ["--model_name_or_path", model, "--train_file", train_file, "--output_dir", output, *NAN_RUN]
-    result = run("finetune_clm.py", *args, "--learning_rate", "1e30" if fault != "inf weight" else "1e-2")
+    result = warm_run("finetune_clm.py", *args, "--learning_rate", "1e30" if fault != "inf weight" else "1e-2")
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -400,10 +402,10 @@ def finite_adapter(directory: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_skip_nonfinite_batches_skips_their_updates_instead(run, tiny_model, train_file, tmp_path):
+def test_skip_nonfinite_batches_skips_their_updates_instead(warm_run, tiny_model, train_file, tmp_path):
     output = tmp_path / "out"
     args = ["--model_name_or_path", tiny_model("llama"), "--train_file", train_file, "--output_dir", output]
-    result = run("finetune_clm.py", *args, *NAN_RUN, "--learning_rate", "1e30", "--skip_nonfinite_batches")
+    result = warm_run("finetune_clm.py", *args, *NAN_RUN, "--learning_rate", "1e30", "--skip_nonfinite_batches")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     skipped = re.findall(r"became (?:nan|inf) at step (\d+): skipped this step's update", result.stdout)
     assert skipped == ["2", "3", "4", "5", "6"], result.stdout[-3000:]
