@@ -51,6 +51,22 @@ def adapter_difference(left: Path, right: Path) -> float:
     return max((a[name] - b[name]).abs().max().item() for name in a)
 
 
+def t5_without_dropout(model: Path, copy_to: Path | None = None) -> Path:
+    """The T5 in ``model`` (or a copy of it in ``copy_to``) with its own dropout off: every rank then runs the
+    forward one process runs, and a tiny model memorizes in few steps."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    if copy_to is not None:
+        shutil.copytree(model, copy_to)
+        model = copy_to
+    config = AutoConfig.from_pretrained(model)
+    config.dropout_rate = 0.0
+    config.save_pretrained(model)
+    return model
+
+
 def lora_flags(model: Path, train_file: Path, batch: int) -> list[object]:
     """A deterministic LoRA run of ``model`` on ``train_file`` with ``batch`` per device (no --output_dir)."""
     return [

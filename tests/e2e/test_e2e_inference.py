@@ -21,7 +21,7 @@ import pytest
 from conftest import MEMORIZE as TRAIN
 from conftest import MEMORIZED_RECORDS as RECORDS
 from conftest import REPO, script_env
-from runs import save_lora_adapter
+from runs import save_lora_adapter, t5_without_dropout
 
 
 def assert_ok(result):
@@ -119,16 +119,11 @@ def test_lora_adapter_and_its_merged_model_answer_exactly(predict, lora_run, tra
 
 @pytest.mark.slow
 def test_seq2seq_model_answers_its_training_records_exactly(warm_run, predict, workdir, tiny_tokenizer, train_file):
-    from transformers import AutoConfig
-
     from finetuning.model.tiny import build_tiny_model
 
     if not (REPO / "finetune_seq2seq.py").is_file():
         pytest.skip("finetune_seq2seq.py is not there yet")
-    base = build_tiny_model("t5", tiny_tokenizer, workdir / "t5_64", hidden=64)
-    config = AutoConfig.from_pretrained(base)
-    config.dropout_rate = 0.0  # dropout slows memorization down a lot at this size
-    config.save_pretrained(base)
+    base = t5_without_dropout(build_tiny_model("t5", tiny_tokenizer, workdir / "t5_64", hidden=64))
     output = workdir / "t5_full"
     result = warm_run(
         "finetune_seq2seq.py",

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 from conftest import sample_records
-from runs import FLOAT32_TOLERANCE, adapter_difference, logged_losses, run_start, trainer_state
+from runs import FLOAT32_TOLERANCE, adapter_difference, logged_losses, run_start, t5_without_dropout, trainer_state
 
 QUICK = ("--per_device_train_batch_size", "4", "--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no")
 
@@ -235,15 +235,7 @@ def test_torch_distributed_launch_on_cpu_trains_what_one_process_trains(
     """2 ranks x 4 samples take the steps of one process with batch 8: the same per-step losses and adapter.
     The loss is a mean over the target tokens of the whole step (training/seq2seq.token_count_loss); with T5's own
     per-batch mean a rank's short targets weighed as much as another's long ones and the adapters differed."""
-    import shutil
-
-    from transformers import AutoConfig
-
-    base = tmp_path / "t5_without_dropout"  # the same forward on every rank as in one process
-    shutil.copytree(tiny_model("t5"), base)
-    config = AutoConfig.from_pretrained(base)
-    config.dropout_rate = 0.0
-    config.save_pretrained(base)
+    base = t5_without_dropout(tiny_model("t5"), tmp_path / "t5_without_dropout")
     common = [
         *("--model_name_or_path", base, "--train_file", sample_file, "--do_train", "--peft", "lora", "--no_cuda"),
         *("--lora_dropout", "0", "--num_train_epochs", "1", "--learning_rate", "1e-2", "--logging_steps", "1"),

@@ -13,7 +13,7 @@ import re
 import pytest
 from launching import host_env, mpirun, run_on, start_on, torchrun
 from processes import kill_all
-from runs import assert_one_job_like_one_process, lora_flags
+from runs import assert_one_job_like_one_process, lora_flags, t5_without_dropout
 
 pytestmark = [pytest.mark.multinode, pytest.mark.distributed, pytest.mark.slow]
 
@@ -60,15 +60,7 @@ def test_seq2seq_under_torch_distributed_launch_equals_one_process(
     """The seed's per-node torch.distributed.launch line. The loss is a mean over the target tokens of the whole
     step (training/seq2seq.token_count_loss), so 4 ranks on two hosts train what one process with batch 4 trains;
     T5's own dropout is off here, as in every float32 comparison, so that every rank runs the same forward."""
-    import shutil
-
-    from transformers import AutoConfig
-
-    base = tmp_path / "t5_without_dropout"
-    shutil.copytree(tiny_model("t5"), base)
-    config = AutoConfig.from_pretrained(base)
-    config.dropout_rate = 0.0
-    config.save_pretrained(base)
+    base = t5_without_dropout(tiny_model("t5"), tmp_path / "t5_without_dropout")
     node0 = two_hosts[0]
     output = tmp_path / "two"
     command = [*lora_flags(base, train_file, 1), "--output_dir", output]
