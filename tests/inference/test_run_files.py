@@ -32,6 +32,7 @@ def test_a_base_that_is_not_here_fails_at_once_naming_the_flag(tmp_path, monkeyp
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
     adapter = make_adapter(tmp_path, "demo_output/tiny-llama")
+    monkeypatch.chdir(adapter)  # not the checkout, where `make demo` leaves a demo_output/tiny-llama
     with pytest.raises(UserError) as error:
         locate_adapter_base("demo_output/tiny-llama", adapter)
     assert error.value.field == "base_model_path"
