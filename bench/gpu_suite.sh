@@ -8,6 +8,9 @@
 #   real:   real data padded / naive concatenation / packed
 #   warmup: time to the first optimizer step on the issue's small 4-layer model, each variant in a fresh process
 #           with a fresh inductor cache (cold), FlexAttention once more with the warm cache; losses vs the plain path
+#   unsloth: the peer of #18, Unsloth, beside the baseline under the image's transformers (Unsloth pins <= 5.17)
+#           and the project; its wheels, trimmed to fit a call, come from `python3 bench/unsloth_wheels.py
+#           --out .bench/wheels-unsloth` run beforehand where pip can download
 #   cuda:   the tests marked cuda (FlashAttention varlen kernel, a packed bf16 memorization run through inference.py)
 set -euo pipefail
 if [[ ! -d .whl ]] && [[ -d ../shared/wheels-gpu ]]; then mkdir -p .whl && cp ../shared/wheels-gpu/*.whl .whl/; fi
@@ -58,6 +61,34 @@ for name, row in rows.items():
         diff = max(abs(a - b) for a, b in zip(row["losses"], plain["losses"]))
         line += f"  {row['first_step_s'] / plain['first_step_s']:5.2f}x plain's first step, max loss diff {diff:.1e} over {len(row['losses'])} steps"
     print(line)
+PY
+fi
+if [[ $what == unsloth ]]; then
+  # Unsloth's own site: its wheels and the project's, less the project's transformers and datasets (it pins
+  # transformers <= 5.17 and datasets < 5). Each Unsloth variant runs alone: importing it patches transformers.
+  site=/tmp/site-unsloth
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+    $(ls .whl/*.whl | grep -v -e /transformers- -e /datasets-) .bench/wheels-unsloth/*.whl
+  export HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
+  for variant in ${UNSLOTH_VARIANTS:-baseline unsloth unsloth+ckpt}; do
+    PYTHONPATH=$site python3 "${b7[@]}" --variants "$variant" --json "$out/unsloth_${variant//+/_}.json" 2>&1 \
+      | quiet "$out/unsloth_${variant//+/_}.log" || echo "$variant failed: the table goes on without it"
+  done
+  python3 "${b7[@]}" --variants "${PROJECT_VARIANTS:-baseline,project,project+ckpt4}" --json "$out/unsloth_project.json" \
+    2>&1 | quiet "$out/unsloth_project.log"
+  python3 - "$out" <<'PY'  # one table, each row against the baseline of the image's transformers (Unsloth's)
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+rows = [row for path in sorted(out.glob("unsloth_*.json")) if path.stem != "unsloth_project" for row in json.loads(path.read_text())]
+rows = sorted(rows, key=lambda row: row["variant"] != "baseline")
+for row in rows:
+    row["variant"] += " (transformers 5.17)"
+rows += json.loads((out / "unsloth_project.json").read_text())
+base = rows[0]
+for row in rows:
+    print(f"{row['variant']:34} {row['tokens_per_s']:9.0f} tokens/s {row['tokens_per_s'] / base['tokens_per_s']:5.2f}x "
+          f"{row['peak_gib']:6.1f} GiB {row['peak_gib'] / base['peak_gib']:5.2f}x  first step {row['first_step_s']:5.1f} s"
+          f"  first loss {row['first_loss']:.4f}")
 PY
 fi
 if [[ $what == cuda || $what == all ]]; then  # the tests that need an NVIDIA GPU (skipped in CI)

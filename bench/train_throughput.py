@@ -201,6 +201,39 @@ def speed_levers(levers: set[str]) -> Any:
     return dataclasses.replace(DEFAULT_LEVERS, **changes)
 
 
+def unsloth_peer_model(options: argparse.Namespace, gradient_checkpointing: bool) -> Any:
+    """The peer of issue #18: Unsloth's own loader and LoRA set-up on the preset's random model (the same
+    weights as the other variants', saved once, since Unsloth loads from a folder), r and alpha as the others',
+    dropout 0 and no bias (its fast path), every linear layer of the decoder. ``gradient_checkpointing``: its
+    default "unsloth" mode (recomputation with the saved inputs offloaded to host memory); else none.
+    Unsloth patches transformers when imported, so its variants run alone in their process (main)."""
+    import torch
+    from unsloth import FastLanguageModel
+
+    from finetuning.model.tiny import build_tokenizer
+
+    folder = options.work / f"random-{options.preset}"
+    if not (folder / "config.json").exists():
+        model = build_model(options.preset, options.device, torch.bfloat16, None)
+        model.save_pretrained(folder)
+        del model
+        build_tokenizer(["a tokenizer only to load the model with"], vocab_size=256).save_pretrained(folder)
+    model, _ = FastLanguageModel.from_pretrained(
+        str(folder), max_seq_length=options.seq, dtype=torch.bfloat16, load_in_4bit=False, local_files_only=True
+    )
+    return FastLanguageModel.get_peft_model(
+        model,
+        r=options.lora_rank,
+        lora_alpha=2 * options.lora_rank,
+        lora_dropout=0,
+        bias="none",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+        random_state=0,
+        max_seq_length=options.seq,
+    )
+
+
 def run_variant(
     name: str, options: argparse.Namespace, samples: list[dict[str, list[int]]], batch: int, pad_to: int | None = None
 ) -> dict[str, Any]:
@@ -214,6 +247,7 @@ def run_variant(
     from finetuning.training.arguments import FinetuneTrainingArguments
 
     project = name.startswith("project")
+    peer = name.startswith("unsloth")
     levers = set(name.split("+")[1:])
     speed = speed_levers(levers)
     cuda = options.device == "cuda"
@@ -221,24 +255,28 @@ def run_variant(
     # Weights: the GPU baseline loads bf16 (as measured in the issue); the CPU baseline keeps float32 weights
     # under bf16 autocast (the plain recipe); the project loads a frozen base in bf16 (modeling.resolve_dtype).
     half_weights = bf16 and (cuda or project or "bf16w" in levers)
-    model = build_model(options.preset, options.device, torch.bfloat16 if half_weights else torch.float32, options.attn)
-    # Dropout: PEFT's default (0) for the baseline, as the issue measured it; the project's own default.
-    dropout = 0.05 if "dropout05" in levers else PeftArguments.lora_dropout if project else 0.0
-    peft_args = PeftArguments(
-        peft="lora",
-        lora_rank=options.lora_rank,
-        lora_alpha=2 * options.lora_rank,
-        lora_dropout=dropout,
-        lora_all_linear=True,
-    )
     # ckpt: every decoder layer recomputed in backward; ckptN: every N-th one (transformers' every_n_layers, the
     # memory lever between none and all); offload: the checkpointed layers' inputs kept in pinned host memory
     every_n = [int(lever[4:] or 1) for lever in levers if lever[:4] == "ckpt" and (lever[4:] or "1").isdigit()]
-    checkpointing = bool(every_n)
-    checkpoint_options = {"every_n_layers": every_n[0], "offload": "offload" in levers} if every_n else None
-    model = apply_peft(
-        model, build_peft_config(peft_args, model.config, task_type="CAUSAL_LM"), gradient_checkpointing=checkpointing
-    )
+    checkpointing = bool(every_n) and not peer  # Unsloth checkpoints in its own way (unsloth_peer_model)
+    checkpoint_options = {"every_n_layers": every_n[0], "offload": "offload" in levers} if checkpointing else None
+    if peer:
+        model = unsloth_peer_model(options, gradient_checkpointing=bool(every_n))
+    else:
+        model = build_model(
+            options.preset, options.device, torch.bfloat16 if half_weights else torch.float32, options.attn
+        )
+        # Dropout: PEFT's default (0) for the baseline, as the issue measured it; the project's own default.
+        dropout = 0.05 if "dropout05" in levers else PeftArguments.lora_dropout if project else 0.0
+        peft_args = PeftArguments(
+            peft="lora",
+            lora_rank=options.lora_rank,
+            lora_alpha=2 * options.lora_rank,
+            lora_dropout=dropout,
+            lora_all_linear=True,
+        )
+        peft_config = build_peft_config(peft_args, model.config, task_type="CAUSAL_LM")
+        model = apply_peft(model, peft_config, gradient_checkpointing=checkpointing)
     batch = next((int(lever[1:]) for lever in levers if lever[:1] == "b" and lever[1:].isdigit()), batch)
     args = FinetuneTrainingArguments(
         output_dir=str(options.work / name),
@@ -366,7 +404,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument(
         "--variants",
         default="baseline,project",
-        help="baseline | project, with +levers: dropout05, liger, compile (HF --torch_compile), plain, bf16w, ckpt, "
+        help="baseline | project | unsloth (the peer, alone in its process), with +levers: dropout05, liger, "
+        "compile (HF --torch_compile), plain, bf16w, ckpt, "
         "ckptN (every N-th layer), offload (with ckpt: saved inputs in host memory), noguard, noliger, "
         "adamw (unfused), bN (batch N), frozen (learning rate 0), profile, mathattn, and the "
         "SpeedLevers switches: " + ", ".join(LEVER_SWITCHES),
@@ -374,6 +413,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--work", type=Path, default=REPO / ".bench")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     options = parser.parse_args(argv)
+    if "unsloth" in options.variants:
+        if options.variants.count(",") or options.data != "fixed":
+            parser.error("unsloth variants run alone, on fixed rows: importing unsloth patches transformers")
+        import unsloth  # noqa: F401  (before transformers, as Unsloth requires)
     options.work.mkdir(parents=True, exist_ok=True)
     vocab = PRESETS[options.preset][-1]
     runs: list[tuple[str, list[dict[str, list[int]]]]] = []

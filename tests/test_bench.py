@@ -115,3 +115,52 @@ def test_serve_bench_smoke_compares_served_clients_with_one_by_one(warm_run, tmp
     assert [row["requests"] for row in rows] == [2, 8, 8]
     assert all(row["tokens"] > 0 and row["tokens_per_s"] > 0 and row["ttft_p50_ms"] > 0 for row in rows)
     assert "one by one" in result.stdout
+
+
+def test_unsloth_wheels_leave_out_only_the_ui_and_other_cuda_releases(tmp_path):
+    """The peer's wheels must fit a device call: trimmed of Unsloth's web UI and of bitsandbytes' libraries for
+    other CUDA releases, with their RECORD naming exactly what is left (pip installs from it)."""
+    import sys
+    import zipfile
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from unsloth_wheels import trim
+
+    published = tmp_path / "published"
+    published.mkdir()
+    wheels = {
+        "unsloth-1-py3-none-any.whl": ["unsloth/__init__.py", "studio/frontend/app.js", "studio/backend/main.py"],
+        "bitsandbytes-1-py3-none-any.whl": [
+            "bitsandbytes/__init__.py",
+            "bitsandbytes/libbitsandbytes_cpu.so",
+            "bitsandbytes/libbitsandbytes_cuda130.so",
+            "bitsandbytes/libbitsandbytes_cuda128.so",
+            "bitsandbytes/libbitsandbytes_rocm72.so",
+        ],
+    }
+    for name, files in wheels.items():
+        record = f"{name.split('-')[0]}-1.dist-info/RECORD"
+        with zipfile.ZipFile(published / name, "w") as wheel:
+            for file in files:
+                wheel.writestr(file, "x")
+            wheel.writestr(record, "".join(f"{file},sha256=x,1\n" for file in [*files, record]))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert [trim(published / name, out, "130") for name in wheels] == [2, 3]
+    kept = {"unsloth": ["unsloth/__init__.py"], "bitsandbytes": ["bitsandbytes/__init__.py"]}
+    kept["bitsandbytes"].append("bitsandbytes/libbitsandbytes_cuda130.so")
+    for name in wheels:
+        package = name.split("-")[0]
+        with zipfile.ZipFile(out / name) as wheel:
+            record = f"{package}-1.dist-info/RECORD"
+            assert wheel.namelist() == [*kept[package], record]
+            assert [line.split(",")[0] for line in wheel.read(record).decode().splitlines()] == [*kept[package], record]
+
+
+def test_unsloth_variant_refuses_company_in_its_process(warm_run, tmp_path):
+    """Importing Unsloth patches transformers: a baseline measured in the same process would not be the plain one."""
+    refused = warm_run(
+        "bench/train_throughput.py", "--variants", "baseline,unsloth", "--work", tmp_path, "--preset", "tiny"
+    )
+    assert refused.returncode == 2 and "unsloth variants run alone" in refused.stderr
+    assert not (tmp_path / "baseline").exists()
