@@ -21,7 +21,9 @@ class SpeedLevers:
     # Its gradients equal PEFT's (unit tests) and it memorizes as PEFT does (docs/testing.md), but it does not pay:
     # +0.2% on the 7B shape (inside the noise), -3% on the Xeon (docs/performance.md). Off.
     shared_lora_down: bool = False
-    # The hand-written LoRA autograd Function (reuses the saved x·Aᵀ; no casts or transposes in backward).
+    # The hand-written LoRA autograd Function (reuses the saved x·Aᵀ; no casts or transposes in backward; the
+    # update added into the base output in place: +5% on the 7B shape). Taking x·Aᵀ into it as well, to write all
+    # of dx in one buffer, measured -0.5 to -1% and was dropped (docs/performance.md).
     lora_function: bool = True
     # torch.compile each decoder layer (inductor) on CUDA / on the CPU. Off: on the 7B shape -1% and a 16 s first
     # step; on the Xeon +6% and a 98 s cold first step (docs/performance.md).

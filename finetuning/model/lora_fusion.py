@@ -9,7 +9,8 @@ Three levers (finetuning/model/levers.py), each checked against PEFT in float32 
   backward (autograd's split/cat does the grouping).
 * A hand-written autograd Function for ``x·Wᵀ + b + s·down·Bᵀ`` that keeps only the small ``down = x·Aᵀ`` for
   backward and computes ``dx = g·W``, ``d_down = s·g·B``, ``dB = s·gᵀ·down`` straight from the strides, no
-  casts or transposed copies.
+  casts or transposed copies; its forward adds the update into the base output in place, which the
+  out-of-place ``addmm`` cannot (it copies the base output first).
 
 The fast path runs only where it reproduces PEFT exactly: one active, unmerged, plain adapter (no DoRA or other
 variant), no extra call arguments, and autocast on or one dtype throughout; anything else is PEFT's own
@@ -39,10 +40,12 @@ def lora_update_function() -> Any:
         @staticmethod
         def forward(ctx: Any, x: Any, weight: Any, bias: Any, down: Any, b: Any, scaling: float) -> Any:
             out = F.linear(x, weight, bias)
-            flat = torch.addmm(out.view(-1, out.shape[-1]), down.reshape(-1, down.shape[-1]), b.t(), alpha=scaling)
+            # in place: out-of-place addmm first copies the whole base output into a new tensor (on CUDA one
+            # device-to-device copy per adapted layer, 3% of a 7B step in the profile of docs/performance.md)
+            out.view(-1, out.shape[-1]).addmm_(down.reshape(-1, down.shape[-1]), b.t(), alpha=scaling)
             ctx.save_for_backward(weight, down, b)
             ctx.scaling = scaling
-            return flat.view(out.shape)
+            return out
 
         @staticmethod
         def backward(ctx: Any, grad: Any) -> tuple[Any, ...]:
